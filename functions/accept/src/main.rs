@@ -1,0 +1,31 @@
+//! The `accept` Lambda: `POST /newsletters` → SQS → `202 Accepted`.
+
+use accept::App;
+use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
+use lambda_http::{Error, run, service_fn};
+use newsletter::{config, queue::SqsQueue};
+use std::time::Duration;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_http::tracing::init_default_subscriber();
+
+    let queue_url = config::required("QUEUE_URL")?;
+    // The caller is waiting: bound the time a struggling SQS can hold a request before the 503.
+    // Building the config and client makes no network call; credentials resolve on first use.
+    let aws = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let app = App::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url));
+
+    run(service_fn(|request| async {
+        Ok::<_, Error>(app.handle(request).await)
+    }))
+    .await
+}

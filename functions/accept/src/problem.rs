@@ -1,0 +1,115 @@
+//! RFC 9457 problem details: the one place where errors become HTTP responses.
+
+use crate::{AcceptError, NEWSLETTERS_PATH, json_response};
+use lambda_http::{
+    Body, Response,
+    http::{StatusCode, header},
+};
+use newsletter::{FieldError, submit::SubmitError};
+use serde::Serialize;
+
+/// Seconds a caller should wait before retrying after the queue failed.
+pub const QUEUE_RETRY_AFTER_SECS: u32 = 5;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    #[serde(serialize_with = "as_u16")]
+    status: StatusCode,
+    detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+    #[serde(skip)]
+    headers: Vec<(header::HeaderName, String)>,
+}
+
+fn as_u16<S: serde::Serializer>(status: &StatusCode, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u16(status.as_u16())
+}
+
+impl Problem {
+    fn new(status: StatusCode, slug: &str, title: &'static str, detail: String) -> Self {
+        Self {
+            kind: format!("urn:newsletter-dispatch:problem:{slug}"),
+            title,
+            status,
+            detail,
+            errors: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        json_response(
+            self.status,
+            "application/problem+json",
+            &self,
+            &self.headers,
+        )
+    }
+}
+
+impl From<AcceptError> for Problem {
+    fn from(err: AcceptError) -> Self {
+        let detail = err.to_string();
+        match err {
+            AcceptError::NotFound => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", detail)
+            }
+            AcceptError::MethodNotAllowed => Problem {
+                headers: vec![(header::ALLOW, "POST".into())],
+                ..Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method Not Allowed",
+                    format!("{NEWSLETTERS_PATH} accepts only POST"),
+                )
+            },
+            AcceptError::UnsupportedMediaType => Problem {
+                headers: vec![(
+                    header::HeaderName::from_static("accept-post"),
+                    "application/json".into(),
+                )],
+                ..Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported-media-type",
+                    "Unsupported Media Type",
+                    "the request body must be JSON, sent with Content-Type: application/json"
+                        .into(),
+                )
+            },
+            AcceptError::Submit(SubmitError::TooLarge { .. }) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Content Too Large",
+                detail,
+            ),
+            AcceptError::Submit(SubmitError::Malformed(_)) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                detail,
+            ),
+            AcceptError::Submit(SubmitError::Invalid(errors)) => Problem {
+                errors,
+                ..Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation-failed",
+                    "Invalid newsletter",
+                    detail,
+                )
+            },
+            AcceptError::Submit(SubmitError::Queue(_)) => Problem {
+                headers: vec![(header::RETRY_AFTER, QUEUE_RETRY_AFTER_SECS.to_string())],
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue-unavailable",
+                    "Service Unavailable",
+                    "the newsletter could not be queued and was not accepted; retry later".into(),
+                )
+            },
+        }
+    }
+}

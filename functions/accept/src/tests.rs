@@ -1,0 +1,406 @@
+//! The handler against an in-memory queue: every rule answers with the exact problem body, and
+//! nothing reaches the queue unless the answer is 202.
+
+use super::*;
+use lambda_http::http::{self, HeaderValue};
+use newsletter::{
+    message::Message,
+    queue::{MessageQueue, QueueError},
+};
+use serde_json::{Value, json};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct RecordingQueue {
+    sent: Mutex<Vec<Message>>,
+    fail: bool,
+}
+
+impl MessageQueue for RecordingQueue {
+    async fn send(&self, message: &Message) -> Result<(), QueueError> {
+        if self.fail {
+            return Err(QueueError("connection refused".into()));
+        }
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+}
+
+fn app() -> App<RecordingQueue> {
+    App::new(RecordingQueue::default())
+}
+
+fn request(method: &str, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request {
+    let mut builder = http::Request::builder().method(method).uri(path);
+    if let Some(content_type) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    builder.body(body.into()).unwrap().with_raw_http_path(path)
+}
+
+fn post_json(body: &str) -> Request {
+    request(
+        "POST",
+        "/newsletters",
+        Some("application/json"),
+        body.to_owned(),
+    )
+}
+
+fn valid_body() -> Value {
+    json!({
+        "subject": "Weekly digest",
+        "sections": [{"topic": "rust", "title": "Release notes", "body": "Markdown **text**"}]
+    })
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+async fn send(app: &App<RecordingQueue>, request: Request) -> Answer {
+    let response = app.handle(request).await;
+    let content_type = response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = serde_json::from_slice(response.body().as_ref()).unwrap();
+    Answer {
+        status: response.status().as_u16(),
+        content_type,
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
+/// Sends a request that must be refused, and checks nothing was queued.
+async fn problem(request: Request) -> Answer {
+    let app = app();
+    let answer = send(&app, request).await;
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["status"], answer.status);
+    assert!(
+        app.queue.sent.lock().unwrap().is_empty(),
+        "a refused request was queued"
+    );
+    answer
+}
+
+#[tokio::test]
+async fn valid_newsletter_is_queued_and_answered_202_with_its_task_id() {
+    let app = app();
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.content_type, "application/json");
+    let task_id = answer.body["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        answer.body,
+        json!({"task_id": task_id, "status": "accepted"})
+    );
+    assert_eq!(
+        answer.headers[header::LOCATION],
+        format!("/newsletters/{task_id}").as_str()
+    );
+
+    let sent = app.queue.sent.lock().unwrap();
+    let [Message::Job(job)] = sent.as_slice() else {
+        panic!("expected exactly one job, got {sent:?}");
+    };
+    assert_eq!(job.task_id.to_string(), task_id);
+    assert_eq!(job.newsletter.subject().as_str(), "Weekly digest");
+    assert!(job.cursor.is_none());
+}
+
+#[tokio::test]
+async fn each_request_gets_its_own_task_id() {
+    let app = app();
+    let first = send(&app, post_json(&valid_body().to_string())).await;
+    let second = send(&app, post_json(&valid_body().to_string())).await;
+    assert_ne!(first.body["task_id"], second.body["task_id"]);
+}
+
+#[tokio::test]
+async fn json_with_utf8_charset_is_accepted() {
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+    ] {
+        let app = app();
+        let answer = send(
+            &app,
+            request(
+                "POST",
+                "/newsletters",
+                Some(content_type),
+                valid_body().to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn binary_body_is_read_like_text() {
+    let app = app();
+    let answer = send(
+        &app,
+        request(
+            "POST",
+            "/newsletters",
+            Some("application/json"),
+            valid_body().to_string().into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let answer = problem(post_json(r#"{"subject": "Hi", "sections": ["#)).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.body,
+        json!({
+            "type": "urn:newsletter-dispatch:problem:malformed-json",
+            "title": "Malformed JSON",
+            "status": 400,
+            "detail": "the request body is not valid JSON: EOF while parsing a list at line 1 column 31"
+        })
+    );
+}
+
+#[tokio::test]
+async fn empty_and_non_utf8_bodies_are_400() {
+    assert_eq!(problem(post_json("")).await.status, 400);
+    let latin1 = request(
+        "POST",
+        "/newsletters",
+        Some("application/json"),
+        vec![b'"', 0xE9, b'"'],
+    );
+    assert_eq!(problem(latin1).await.status, 400);
+}
+
+#[tokio::test]
+async fn validation_failure_is_422_listing_every_field() {
+    let body = json!({
+        "subject": "Hi\r\nBcc: everyone@example.com",
+        "sections": [{"topic": "Not A Slug", "title": "", "body": "ok", "extra": true}],
+        "from": "ceo@example.com"
+    });
+    let answer = problem(post_json(&body.to_string())).await;
+    assert_eq!(answer.status, 422);
+    assert_eq!(
+        answer.body,
+        json!({
+            "type": "urn:newsletter-dispatch:problem:validation-failed",
+            "title": "Invalid newsletter",
+            "status": 422,
+            "detail": "the newsletter has 5 invalid field(s)",
+            "errors": [
+                {"pointer": "#/from", "detail": "is not a known field"},
+                {"pointer": "#/subject", "detail": "must not contain control characters or line breaks"},
+                {"pointer": "#/sections/0/extra", "detail": "is not a known field"},
+                {"pointer": "#/sections/0/topic", "detail": "must be a slug of 1 to 64 characters from a-z, 0-9 and '-'"},
+                {"pointer": "#/sections/0/title", "detail": "must not be empty"}
+            ]
+        })
+    );
+}
+
+#[tokio::test]
+async fn every_field_rule_is_a_422_naming_the_field() {
+    let long = "x".repeat(201);
+    let cases = [
+        (
+            json!({"sections": [{"topic": "a", "title": "t", "body": "b"}]}),
+            "#/subject",
+            "is required",
+        ),
+        (
+            json!({"subject": "  ", "sections": [{"topic": "a", "title": "t", "body": "b"}]}),
+            "#/subject",
+            "must not be empty",
+        ),
+        (
+            json!({"subject": long, "sections": [{"topic": "a", "title": "t", "body": "b"}]}),
+            "#/subject",
+            "must be at most 200 characters",
+        ),
+        (
+            json!({"subject": 1, "sections": [{"topic": "a", "title": "t", "body": "b"}]}),
+            "#/subject",
+            "must be a string",
+        ),
+        (json!({"subject": "s"}), "#/sections", "is required"),
+        (
+            json!({"subject": "s", "sections": "rust"}),
+            "#/sections",
+            "must be an array of sections",
+        ),
+        (
+            json!({"subject": "s", "sections": []}),
+            "#/sections",
+            "must hold 1 to 50 sections, got 0",
+        ),
+        (
+            json!({"subject": "s", "sections": [1]}),
+            "#/sections/0",
+            "must be an object with topic, title and body",
+        ),
+        (
+            json!({"subject": "s", "sections": [{"title": "t", "body": "b"}]}),
+            "#/sections/0/topic",
+            "is required",
+        ),
+        (
+            json!({"subject": "s", "sections": [{"topic": "", "title": "t", "body": "b"}]}),
+            "#/sections/0/topic",
+            "must be a slug of 1 to 64 characters from a-z, 0-9 and '-'",
+        ),
+        (
+            json!({"subject": "s", "sections": [{"topic": "a", "title": long, "body": "b"}]}),
+            "#/sections/0/title",
+            "must be at most 200 characters",
+        ),
+        (
+            json!({"subject": "s", "sections": [{"topic": "a", "title": "t", "body": ""}]}),
+            "#/sections/0/body",
+            "must not be empty",
+        ),
+        (
+            json!({"subject": "s", "sections": [{"topic": "a", "title": "t", "body": null}]}),
+            "#/sections/0/body",
+            "must be a string",
+        ),
+        (json!(["not", "an", "object"]), "#", "must be a JSON object"),
+    ];
+    for (body, pointer, detail) in cases {
+        let answer = problem(post_json(&body.to_string())).await;
+        assert_eq!(answer.status, 422, "{body}");
+        assert_eq!(
+            answer.body["errors"],
+            json!([{"pointer": pointer, "detail": detail}]),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_or_missing_content_type_is_415() {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=latin1"),
+    ] {
+        let answer = problem(request(
+            "POST",
+            "/newsletters",
+            content_type,
+            valid_body().to_string(),
+        ))
+        .await;
+        assert_eq!(answer.status, 415, "{content_type:?}");
+        assert_eq!(answer.headers["accept-post"], "application/json");
+        assert_eq!(
+            answer.body,
+            json!({
+                "type": "urn:newsletter-dispatch:problem:unsupported-media-type",
+                "title": "Unsupported Media Type",
+                "status": 415,
+                "detail": "the request body must be JSON, sent with Content-Type: application/json"
+            })
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let padding = "x".repeat(newsletter::submit::MAX_REQUEST_BYTES);
+    let body = json!({"subject": "s", "sections": [{"topic": "a", "title": "t", "body": padding}]})
+        .to_string();
+    let size = body.len();
+    let answer = problem(post_json(&body)).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(
+        answer.body["detail"],
+        format!("the request body is {size} bytes, over the 204800 byte limit")
+    );
+    assert_eq!(answer.body["title"], "Content Too Large");
+}
+
+#[tokio::test]
+async fn a_body_just_under_the_limit_is_accepted() {
+    let skeleton =
+        json!({"subject": "s", "sections": [{"topic": "a", "title": "t", "body": ""}]}).to_string();
+    let padding = "x".repeat(newsletter::submit::MAX_REQUEST_BYTES - skeleton.len());
+    let body = json!({"subject": "s", "sections": [{"topic": "a", "title": "t", "body": padding}]})
+        .to_string();
+    assert_eq!(body.len(), newsletter::submit::MAX_REQUEST_BYTES);
+    assert_eq!(send(&app(), post_json(&body)).await.status, 202);
+}
+
+#[tokio::test]
+async fn other_methods_are_405_with_allow() {
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let answer = problem(request(
+            method,
+            "/newsletters",
+            Some("application/json"),
+            valid_body().to_string(),
+        ))
+        .await;
+        assert_eq!(answer.status, 405, "{method}");
+        assert_eq!(answer.headers[header::ALLOW], "POST");
+        assert_eq!(
+            answer.body["type"],
+            "urn:newsletter-dispatch:problem:method-not-allowed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    for path in ["/", "/newsletter", "/newsletters/extra", "/admin"] {
+        let answer = problem(request(
+            "POST",
+            path,
+            Some("application/json"),
+            valid_body().to_string(),
+        ))
+        .await;
+        assert_eq!(answer.status, 404, "{path}");
+        assert_eq!(answer.body["title"], "Not Found");
+    }
+}
+
+#[tokio::test]
+async fn queue_failure_is_503_with_retry_after_and_never_202() {
+    let app = App::new(RecordingQueue {
+        fail: true,
+        ..Default::default()
+    });
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(
+        answer.headers[header::RETRY_AFTER],
+        HeaderValue::from_static("5")
+    );
+    assert_eq!(
+        answer.body,
+        json!({
+            "type": "urn:newsletter-dispatch:problem:queue-unavailable",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "the newsletter could not be queued and was not accepted; retry later"
+        })
+    );
+}

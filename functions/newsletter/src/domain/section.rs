@@ -1,0 +1,121 @@
+use super::{Invalid, Topic, char_count_within, has_line_breaking_or_control_char};
+use serde::{Deserialize, Serialize};
+
+/// One part of a newsletter, sent to the subscribers of its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    pub topic: Topic,
+    pub title: SectionTitle,
+    pub body: MarkdownBody,
+}
+
+/// A section heading: 1 to 200 characters after trimming, one line, plain text (it is escaped
+/// when rendered, never interpreted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SectionTitle(String);
+
+impl SectionTitle {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(Invalid("must not be empty".into()));
+        }
+        if !char_count_within(trimmed, 1, Self::MAX_CHARS) {
+            return Err(Invalid(format!(
+                "must be at most {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        if has_line_breaking_or_control_char(trimmed) {
+            return Err(Invalid(
+                "must not contain control characters or line breaks".into(),
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SectionTitle {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<SectionTitle> for String {
+    fn from(title: SectionTitle) -> String {
+        title.0
+    }
+}
+
+/// A section's content in CommonMark. Not blank. Raw HTML inside it is escaped when rendered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MarkdownBody(String);
+
+impl MarkdownBody {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.trim().is_empty() {
+            return Err(Invalid("must not be empty".into()));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MarkdownBody {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<MarkdownBody> for String {
+    fn from(body: MarkdownBody) -> String {
+        body.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn title_rules() {
+        assert_eq!(
+            SectionTitle::parse(" Release notes ").unwrap().as_str(),
+            "Release notes"
+        );
+        assert_eq!(SectionTitle::parse(" ").unwrap_err().0, "must not be empty");
+        assert_eq!(
+            SectionTitle::parse(&"t".repeat(201)).unwrap_err().0,
+            "must be at most 200 characters"
+        );
+        assert!(SectionTitle::parse(&"t".repeat(200)).is_ok());
+        assert_eq!(
+            SectionTitle::parse("two\nlines").unwrap_err().0,
+            "must not contain control characters or line breaks"
+        );
+    }
+
+    #[test]
+    fn body_keeps_its_markdown_verbatim() {
+        let raw = "  Indented code\n\n**bold**\n";
+        assert_eq!(MarkdownBody::parse(raw).unwrap().as_str(), raw);
+        assert_eq!(
+            MarkdownBody::parse(" \n\t").unwrap_err().0,
+            "must not be empty"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+use super::{Invalid, char_count_within, has_line_breaking_or_control_char};
+use serde::{Deserialize, Serialize};
+
+/// An email subject: 1 to 200 characters after trimming, with no control characters, so it can be
+/// put in a mail header as it is (a CR/LF here would be header injection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subject(String);
+
+impl Subject {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(Invalid("must not be empty".into()));
+        }
+        if !char_count_within(trimmed, 1, Self::MAX_CHARS) {
+            return Err(Invalid(format!(
+                "must be at most {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        if has_line_breaking_or_control_char(trimmed) {
+            return Err(Invalid(
+                "must not contain control characters or line breaks".into(),
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Subject {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Subject> for String {
+    fn from(subject: Subject) -> String {
+        subject.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_surrounding_whitespace() {
+        assert_eq!(
+            Subject::parse("  Weekly digest \t").unwrap().as_str(),
+            "Weekly digest"
+        );
+    }
+
+    #[test]
+    fn rejects_empty_and_blank() {
+        for raw in ["", "   ", "\t"] {
+            assert_eq!(Subject::parse(raw).unwrap_err().0, "must not be empty");
+        }
+    }
+
+    #[test]
+    fn length_is_counted_in_characters_not_bytes() {
+        assert!(Subject::parse(&"é".repeat(200)).is_ok());
+        assert_eq!(
+            Subject::parse(&"é".repeat(201)).unwrap_err().0,
+            "must be at most 200 characters"
+        );
+    }
+
+    #[test]
+    fn rejects_header_injection_and_control_characters() {
+        for raw in [
+            "Hello\r\nBcc: victim@example.com",
+            "Hello\nWorld",
+            "Hello\rWorld",
+            "nul\0",
+            "tab\tinside",
+            "line\u{2028}separator",
+        ] {
+            assert_eq!(
+                Subject::parse(raw).unwrap_err().0,
+                "must not contain control characters or line breaks",
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deserializing_applies_the_same_rules() {
+        assert!(serde_json::from_str::<Subject>(r#""a\r\nb""#).is_err());
+        let subject: Subject = serde_json::from_str(r#"" ok ""#).unwrap();
+        assert_eq!(subject.as_str(), "ok");
+    }
+}
