@@ -1,0 +1,39 @@
+//! The system on one machine: a local AWS server (moto), provisioned the way `template.yaml`
+//! provisions the cloud, for `make dev` and for the integration tests.
+
+pub mod moto;
+pub mod provision;
+
+pub use moto::MotoServer;
+pub use provision::{Provisioned, Settings, provision};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+/// The region everything local lives in.
+pub const REGION: &str = "us-east-1";
+
+/// SDK configuration for a local AWS endpoint, with dummy credentials (moto accepts any).
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "local"))
+        .load()
+        .await
+}
+
+/// The environment variables that point an AWS SDK at a local endpoint, as a child process needs
+/// them (`AWS_ENDPOINT_URL` is honoured by every SDK client aws-config builds).
+pub fn sdk_environment(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+    ]
+}
+
+/// The repository root (this crate lives in `dev/local-stack`).
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

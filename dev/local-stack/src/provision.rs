@@ -1,0 +1,113 @@
+//! Creates locally what `template.yaml` creates in AWS: the jobs queue with its dead-letter queue
+//! and redrive policy, the SES sender identity, and the contact list with its topics.
+
+use anyhow::Context;
+use aws_sdk_sesv2::types::{SubscriptionStatus, Topic};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+/// What to create. The defaults mirror `template.yaml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub queue_name: String,
+    /// Seconds; the template sets 6× the worker timeout.
+    pub visibility_timeout: u32,
+    /// Receives before SQS moves a message to the dead-letter queue.
+    pub max_receive_count: u32,
+    pub from_address: String,
+    pub contact_list_name: String,
+    /// Topic name and whether subscribers get it unless they opt out.
+    pub topics: Vec<(String, bool)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            queue_name: "newsletter-jobs".into(),
+            visibility_timeout: 360,
+            max_receive_count: 5,
+            from_address: "newsletter@example.com".into(),
+            contact_list_name: "newsletter-subscribers".into(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+pub async fn provision(
+    config: &aws_config::SdkConfig,
+    settings: &Settings,
+) -> anyhow::Result<Provisioned> {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let dead_letter_queue_url = sqs
+        .create_queue()
+        .queue_name(format!("{}-dlq", settings.queue_name))
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .context("creating the dead-letter queue")?
+        .queue_url
+        .context("no dead-letter queue URL")?;
+    let dead_letter_queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dead_letter_queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut attributes| attributes.remove(&QueueAttributeName::QueueArn))
+        .context("no dead-letter queue ARN")?;
+    let redrive_policy = serde_json::json!({
+        "deadLetterTargetArn": dead_letter_queue_arn,
+        "maxReceiveCount": settings.max_receive_count,
+    });
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(&settings.queue_name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            settings.visibility_timeout.to_string(),
+        )
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            redrive_policy.to_string(),
+        )
+        .send()
+        .await
+        .context("creating the jobs queue")?
+        .queue_url
+        .context("no jobs queue URL")?;
+
+    let ses = aws_sdk_sesv2::Client::new(config);
+    ses.create_email_identity()
+        .email_identity(&settings.from_address)
+        .send()
+        .await
+        .context("creating the sender identity")?;
+    let topics = settings.topics.iter().map(|(name, default_opt_in)| {
+        Topic::builder()
+            .topic_name(name)
+            .display_name(name)
+            .default_subscription_status(if *default_opt_in {
+                SubscriptionStatus::OptIn
+            } else {
+                SubscriptionStatus::OptOut
+            })
+            .build()
+    });
+    ses.create_contact_list()
+        .contact_list_name(&settings.contact_list_name)
+        .set_topics(Some(topics.collect::<Result<_, _>>()?))
+        .send()
+        .await
+        .context("creating the contact list")?;
+
+    Ok(Provisioned {
+        queue_url,
+        dead_letter_queue_url,
+    })
+}

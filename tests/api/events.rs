@@ -1,0 +1,81 @@
+//! Every file in `events/` goes through the function that takes it, with the answer it must get,
+//! so a fixture cannot rot unnoticed.
+
+use crate::helpers::{event_file, json_body, spawn_app};
+use newsletter::message::Message;
+
+/// API Gateway and function URL requests for `accept`, and the status each must get.
+const HTTP_EVENTS: &[(&str, u16)] = &[
+    ("http-api-post.json", 202),
+    ("rest-api-post.json", 202),
+    ("function-url-post.json", 202),
+    ("http-api-post-base64.json", 202),
+    ("http-api-post-malformed-json.json", 400),
+    ("http-api-post-invalid.json", 422),
+    ("http-api-post-wrong-content-type.json", 415),
+    ("http-api-get.json", 405),
+];
+
+/// Files that are not Lambda events: the request body `make dev` prints a curl for.
+const REQUEST_BODIES: &[&str] = &["newsletter.json"];
+
+#[tokio::test]
+async fn every_file_in_events_is_covered_here() {
+    let mut covered: Vec<&str> = HTTP_EVENTS.iter().map(|(name, _)| *name).collect();
+    covered.extend(REQUEST_BODIES);
+    let directory = local_stack::repository_root().join("events");
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            covered.contains(&name.as_str()),
+            "events/{name} is not exercised by any test"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_events_get_their_answers_and_only_202s_enqueue() {
+    let app = spawn_app().await;
+    let mut accepted = Vec::new();
+    for (file, status) in HTTP_EVENTS {
+        let request = lambda_http::request::from_str(&event_file(file))
+            .unwrap_or_else(|err| panic!("{file} is not an event lambda_http reads: {err}"));
+        let response = app.accept.handle(request).await;
+        assert_eq!(response.status(), *status, "{file}");
+        if *status == 202 {
+            accepted.push(json_body(&response)["task_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut queued: Vec<String> = app
+        .drain_queue()
+        .await
+        .iter()
+        .map(|body| Message::decode(body).unwrap().task_id().to_string())
+        .collect();
+    queued.sort();
+    accepted.sort();
+    assert_eq!(queued, accepted);
+}
+
+#[tokio::test]
+async fn invalid_event_names_every_bad_field() {
+    let app = spawn_app().await;
+    let request =
+        lambda_http::request::from_str(&event_file("http-api-post-invalid.json")).unwrap();
+    let problem = json_body(&app.accept.handle(request).await);
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pointers,
+        [
+            "#/priority",
+            "#/subject",
+            "#/sections/0/topic",
+            "#/sections/0/title"
+        ]
+    );
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the functions' real handlers against a real local AWS server (moto).
+
+mod accept;
+mod events;
+mod helpers;
