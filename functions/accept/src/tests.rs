@@ -3,28 +3,8 @@
 
 use super::*;
 use lambda_http::http::{self, HeaderValue};
-use newsletter::{
-    message::Message,
-    queue::{MessageQueue, QueueError},
-};
+use newsletter::{fakes::RecordingQueue, message::Message};
 use serde_json::{Value, json};
-use std::sync::Mutex;
-
-#[derive(Default)]
-struct RecordingQueue {
-    sent: Mutex<Vec<Message>>,
-    fail: bool,
-}
-
-impl MessageQueue for RecordingQueue {
-    async fn send(&self, message: &Message) -> Result<(), QueueError> {
-        if self.fail {
-            return Err(QueueError("connection refused".into()));
-        }
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
-    }
-}
 
 fn app() -> App<RecordingQueue> {
     App::new(RecordingQueue::default())

@@ -3,10 +3,19 @@
 //!
 //! Nothing here knows about Lambda. The `accept` and `worker` functions are thin adapters around it.
 
+pub mod audience;
 pub mod config;
+pub mod deliver;
+pub mod directory;
 pub mod domain;
 pub mod message;
+pub mod planning;
 pub mod queue;
+pub mod render;
 pub mod submit;
+pub mod work;
+
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 
 pub use domain::{FieldError, Newsletter, TaskId};

@@ -45,6 +45,9 @@ pub struct Delivery {
     pub task_id: TaskId,
     /// Deterministic within a task (page and chunk number), so a retried plan yields the same ids.
     pub chunk_id: String,
+    /// 0 as planned; one more each time the recipients still owed are re-enqueued on their own.
+    #[serde(default)]
+    pub attempt: u32,
     pub newsletter: Newsletter,
     pub recipients: Vec<Recipient>,
 }
@@ -150,6 +153,7 @@ mod tests {
         let delivery = Message::Delivery(Delivery {
             task_id: TaskId::generate(),
             chunk_id: "p2-c1".into(),
+            attempt: 1,
             newsletter: newsletter(),
             recipients: vec![Recipient {
                 email: EmailAddress::parse("ada@example.com").unwrap(),

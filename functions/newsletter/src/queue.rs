@@ -1,12 +1,18 @@
 //! The jobs queue as the domain sees it, and its SQS implementation.
 
 use crate::message::Message;
+use crate::planning::{MAX_MESSAGE_BYTES, pack};
 use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use std::future::Future;
 
-/// Where work goes to be done later. Sending returns only once the queue has stored the message.
+/// Where work goes to be done later. Sending returns only once the queue has stored the messages.
 pub trait MessageQueue: Send + Sync {
     fn send(&self, message: &Message) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Sends all `messages`; an error means some may not have been stored.
+    fn send_all(&self, messages: &[Message])
+    -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// The queue did not confirm it stored the message: unreachable, throttled, or access denied.
@@ -22,6 +28,11 @@ pub struct SqsQueue {
     queue_url: String,
 }
 
+/// SendMessageBatch takes at most 10 entries, and at most the message size limit in total.
+const MAX_BATCH_ENTRIES: usize = 10;
+/// Rounds of resending the entries a batch reported failed before giving up.
+const BATCH_ATTEMPTS: usize = 3;
+
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         Self {
@@ -29,6 +40,51 @@ impl SqsQueue {
             queue_url: queue_url.into(),
         }
     }
+
+    /// Sends one batch, resending the entries SQS reports failed (batches can partly fail).
+    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        let mut pending: Vec<(usize, String)> = bodies.into_iter().enumerate().collect();
+        let mut last_failure = String::new();
+        for _ in 0..BATCH_ATTEMPTS {
+            let entries = pending
+                .iter()
+                .map(|(id, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(id.to_string())
+                        .message_body(body)
+                        .build()
+                        .map_err(|err| QueueError(err.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| QueueError(DisplayErrorContext(&err).to_string()))?;
+            let failed_ids: Vec<String> =
+                output.failed.iter().map(|entry| entry.id.clone()).collect();
+            if let Some(entry) = output.failed.first() {
+                last_failure =
+                    format!("{}: {}", entry.code, entry.message.as_deref().unwrap_or(""));
+            }
+            pending.retain(|(id, _)| failed_ids.contains(&id.to_string()));
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(QueueError(format!(
+            "{} message(s) still refused after {BATCH_ATTEMPTS} attempts ({last_failure})",
+            pending.len()
+        )))
+    }
+}
+
+/// Groups message bodies into batches SQS accepts: ≤ 10 entries and ≤ the size limit each.
+pub fn batches(bodies: Vec<String>) -> Vec<Vec<String>> {
+    pack(bodies, MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES, String::len)
 }
 
 impl MessageQueue for SqsQueue {
@@ -41,5 +97,31 @@ impl MessageQueue for SqsQueue {
             .await
             .map(|_| ())
             .map_err(|err| QueueError(DisplayErrorContext(&err).to_string()))
+    }
+
+    async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
+        let bodies = messages.iter().map(Message::encode).collect();
+        for batch in batches(bodies) {
+            self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_entry_count_and_total_size() {
+        let small: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+        let sizes: Vec<usize> = batches(small).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+
+        let big: Vec<String> = (0..3).map(|_| "x".repeat(100 * 1024)).collect();
+        let sizes: Vec<usize> = batches(big).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 1]);
+
+        assert!(batches(Vec::new()).is_empty());
     }
 }

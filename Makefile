@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make dev` runs the system locally, `make test` runs every test.
+# Both install what they need into git-ignored paths (.venv/, target/), idempotently.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+# cargo-lambda finds zig through the first `python` on PATH: the venv's must come first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: dev test tools lint unit-and-integration template-checks outbox sam-build clean
+
+## dev: run the whole system locally (local AWS, both functions, the SQS trigger); Ctrl-C stops it
+dev: tools
+	cargo run --quiet -p local-stack -- dev
+
+## test: formatting, lints, unit and integration tests (against moto), template checks
+test: tools lint unit-and-integration template-checks
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit-and-integration:
+	cargo test --workspace --locked
+
+template-checks:
+	$(VENV)/bin/python -m pytest tests/template -q
+
+## outbox: what local SES recorded, by task (TASK=<task id> to pick one)
+outbox: tools
+	cargo run --quiet -p local-stack -- outbox $(TASK)
+
+## sam-build: build both functions for Lambda (arm64) the way `sam deploy` ships them
+sam-build: tools
+	sam build
+
+## tools: the Python venv with moto, cargo-lambda, cfn-lint and the SAM CLI
+tools: $(VENV)/.installed
+
+$(VENV)/.installed: dev/requirements.txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r dev/requirements.txt
+	touch $@
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .aws-sam .dev

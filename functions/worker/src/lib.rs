@@ -1,0 +1,68 @@
+//! SQS adapter for the worker: run each record of a batch through the domain and report the
+//! ones that failed, so SQS retries only those.
+
+mod config;
+pub mod ses;
+
+pub use config::Config;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures::future::join_all;
+use lambda_runtime::{Error, LambdaEvent};
+use newsletter::{deliver::Mailer, directory::ContactDirectory, queue::MessageQueue, work::Worker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Time kept back from the invocation's deadline to re-enqueue owed recipients and report.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Processes a batch. Records run concurrently (they share the send-rate limiter); each failed
+/// record is reported by its message id, and a failure never affects its batch-mates.
+pub async fn handle<Q, D, M>(
+    worker: &Worker<Q, D, M>,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, Error>
+where
+    Q: MessageQueue,
+    D: ContactDirectory,
+    M: Mailer,
+{
+    let deadline = sending_deadline(event.context.deadline);
+    let outcomes = join_all(event.payload.records.iter().map(|record| async move {
+        let body = record.body.as_deref().unwrap_or_default();
+        let result = worker.process(body, deadline).await;
+        (record.message_id.as_deref(), result)
+    }))
+    .await;
+
+    let mut response = SqsBatchResponse::default();
+    for (message_id, result) in outcomes {
+        let Err(err) = result else { continue };
+        // Log the id and the reason, never the body: it holds subscriber data.
+        tracing::warn!(message_id = message_id.unwrap_or("<none>"), error = %err, "reporting message failed");
+        match message_id {
+            Some(id) => {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id.to_owned();
+                response.batch_item_failures.push(failure);
+            }
+            // Without an id the record cannot be reported alone; failing the invocation makes
+            // SQS retry the whole batch rather than lose this message.
+            None => return Err("an SQS record without a message id failed".into()),
+        }
+    }
+    Ok(response)
+}
+
+/// When to stop starting sends: the invocation's deadline (milliseconds since the epoch) less a
+/// margin, as an `Instant`.
+fn sending_deadline(deadline_ms: u64) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let margin = DEADLINE_MARGIN.min(remaining / 4);
+    Instant::now() + remaining.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests;
