@@ -5,13 +5,22 @@ so the Rust SDK's deserializer) uses epoch seconds, and the SDK rejects the stri
 rewrites those timestamps and then starts the ordinary moto server with the given arguments:
 
     python dev/moto_server.py -H 127.0.0.1 -p 5000
+
+Fault injection for tests (off unless set), on SES v2 SendEmail:
+    LOCAL_SES_REJECT=<regex>     recipients matching it are refused with MessageRejected (permanent)
+    LOCAL_SES_FAIL_ONCE=<regex>  the first send to each matching recipient fails with
+                                 SendingPausedException (transient); later sends succeed
 """
 
 import datetime
+import os
+import re
 import sys
 
 from moto import server
+from moto.core.exceptions import JsonRESTError
 from moto.ses import models
+from moto.sesv2.models import SESV2Backend
 
 TIMESTAMP_FIELDS = ("CreatedTimestamp", "LastUpdatedTimestamp")
 
@@ -42,6 +51,31 @@ def with_epoch_timestamps(model_class):
 
 with_epoch_timestamps(models.Contact)
 with_epoch_timestamps(models.ContactList)
+
+
+def with_injected_send_failures(reject, fail_once):
+    original = SESV2Backend.send_email
+    failed_once = set()
+
+    def send_email(self, source, destinations, subject, body):
+        for address in destinations.get("ToAddresses", []):
+            if reject and reject.search(address):
+                raise JsonRESTError("MessageRejected", f"injected rejection of {address}")
+            if fail_once and fail_once.search(address) and address not in failed_once:
+                failed_once.add(address)
+                raise JsonRESTError("SendingPausedException", f"injected failure for {address}")
+        return original(self, source, destinations, subject, body)
+
+    SESV2Backend.send_email = send_email
+
+
+def pattern(variable):
+    value = os.environ.get(variable)
+    return re.compile(value) if value else None
+
+
+if pattern("LOCAL_SES_REJECT") or pattern("LOCAL_SES_FAIL_ONCE"):
+    with_injected_send_failures(pattern("LOCAL_SES_REJECT"), pattern("LOCAL_SES_FAIL_ONCE"))
 
 if __name__ == "__main__":
     server.main(sys.argv[1:])

@@ -2,38 +2,130 @@
 //! provisioned as `template.yaml` would be, and the handlers built as their `main`s build them.
 
 use ::accept::App;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_http::{Body, Request, RequestExt, Response, http};
+use lambda_runtime::{Context, LambdaEvent};
+use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
+use local_stack::outbox::SentEmail;
 use local_stack::{MotoServer, Provisioned, Settings};
 use newsletter::queue::SqsQueue;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use worker::{Config, SesWorker};
 
 pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
     pub stack: Provisioned,
+    pub settings: Settings,
     pub accept: App<SqsQueue>,
+    pub worker: InProcessWorker,
+    endpoint: String,
     // Last, so the server outlives the clients that talk to it; dropping it stops the process.
     _moto: MotoServer,
 }
 
 pub async fn spawn_app() -> TestApp {
-    let moto = MotoServer::start(0).expect("local AWS server starts");
-    let aws = local_stack::sdk_config(&moto.endpoint()).await;
-    let stack = local_stack::provision(&aws, &Settings::default())
+    spawn_app_with(Settings::default(), &[]).await
+}
+
+/// `moto_env` sets the local SES's fault injection (see `dev/moto_server.py`).
+pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
+    let moto = MotoServer::start_with_env(0, moto_env).expect("local AWS server starts");
+    let endpoint = moto.endpoint();
+    let aws = local_stack::sdk_config(&endpoint).await;
+    let stack = local_stack::provision(&aws, &settings)
         .await
         .expect("local AWS is provisioned");
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url));
+    let config = Config {
+        queue_url: stack.queue_url.clone(),
+        contact_list_name: settings.contact_list_name.clone(),
+        from_address: settings.from_address.clone(),
+        max_send_rate: 1000.0,
+        max_concurrency: 1,
+        max_in_flight: 16,
+        configuration_set_name: None,
+    };
+    let worker = InProcessWorker {
+        worker: worker::build(&config, &aws),
+        events: Mutex::default(),
+    };
     TestApp {
         sqs,
         stack,
+        settings,
         accept,
+        worker,
+        endpoint,
         _moto: moto,
+    }
+}
+
+/// The worker handler called in-process, as the Lambda runtime would, recording every batch.
+pub struct InProcessWorker {
+    worker: SesWorker,
+    pub events: Mutex<Vec<(SqsEvent, SqsBatchResponse)>>,
+}
+
+impl Invoke for InProcessWorker {
+    async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
+        let mut context = Context::default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
+        let response = worker::handle(&self.worker, LambdaEvent::new(event.clone(), context))
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        self.events.lock().unwrap().push((event, response.clone()));
+        Ok(response)
+    }
+}
+
+impl InProcessWorker {
+    /// Every message body the worker was handed, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .flat_map(|(event, _)| event.records.iter().filter_map(|r| r.body.clone()))
+            .collect()
     }
 }
 
 impl TestApp {
     pub async fn post_newsletter(&self, body: &str) -> Response<Body> {
         self.accept.handle(post_request(body)).await
+    }
+
+    pub async fn event_source(&self, batch_size: i32) -> SqsEventSource {
+        let trigger = Trigger {
+            batch_size,
+            batching_window: Duration::ZERO,
+            wait_time_seconds: 0,
+        };
+        SqsEventSource::new(self.sqs.clone(), &self.stack.queue_url, trigger)
+            .await
+            .expect("event source")
+    }
+
+    /// Feeds the worker from the queue, as Lambda's SQS trigger does, until the queue is empty.
+    pub async fn run_worker_until_queue_is_empty(&self) {
+        let source = self.event_source(10).await;
+        for _ in 0..1000 {
+            let outcome = source.poll(&self.worker).await.expect("poll the queue");
+            assert_eq!(outcome.failed, 0, "no message should fail here");
+            if outcome.bodies.is_empty() && self.queue_depth().await == 0 {
+                return;
+            }
+        }
+        panic!("the queue did not drain");
+    }
+
+    pub async fn sent_emails(&self) -> Vec<SentEmail> {
+        local_stack::outbox::sent_emails(&self.endpoint)
+            .await
+            .expect("read SES's outbox")
     }
 
     /// Receives everything on the jobs queue (hiding it for the rest of the test).
@@ -58,22 +150,42 @@ impl TestApp {
     }
 
     pub async fn queue_depth(&self) -> u64 {
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
+        depth(&self.sqs, &self.stack.queue_url).await
+    }
+
+    pub async fn dead_letter_depth(&self) -> u64 {
+        depth(&self.sqs, &self.stack.dead_letter_queue_url).await
+    }
+
+    pub async fn enqueue_raw(&self, body: &str) -> String {
+        self.sqs
+            .send_message()
             .queue_url(&self.stack.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .message_body(body)
             .send()
             .await
-            .expect("read queue attributes")
-            .attributes
-            .unwrap_or_default();
-        attributes
-            .values()
-            .map(|count| count.parse::<u64>().unwrap_or(0))
-            .sum()
+            .expect("send to the jobs queue")
+            .message_id
+            .expect("a message id")
     }
+}
+
+async fn depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .expect("read queue attributes")
+        .attributes
+        .unwrap_or_default();
+    attributes
+        .values()
+        .map(|count| count.parse::<u64>().unwrap_or(0))
+        .sum()
 }
 
 pub fn post_request(body: &str) -> Request {

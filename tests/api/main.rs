@@ -3,3 +3,4 @@
 mod accept;
 mod events;
 mod helpers;
+mod worker;

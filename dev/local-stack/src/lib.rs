@@ -1,8 +1,11 @@
 //! The system on one machine: a local AWS server (moto), provisioned the way `template.yaml`
 //! provisions the cloud, for `make dev` and for the integration tests.
 
+pub mod event_source;
 pub mod moto;
+pub mod outbox;
 pub mod provision;
+pub mod subscribers;
 
 pub use moto::MotoServer;
 pub use provision::{Provisioned, Settings, provision};

@@ -14,6 +14,11 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts moto on `port` (0 picks a free one) and waits until it accepts connections.
     pub fn start(port: u16) -> anyhow::Result<Self> {
+        Self::start_with_env(port, &[])
+    }
+
+    /// Like [`MotoServer::start`], with extra environment for the server (fault injection).
+    pub fn start_with_env(port: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let port = if port == 0 { free_port()? } else { port };
         let root = crate::repository_root();
         let python = std::env::var("LOCAL_STACK_PYTHON")
@@ -22,6 +27,7 @@ impl MotoServer {
         let process = Command::new(&python)
             .arg(root.join("dev/moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,8 +1,8 @@
 //! Creates locally what `template.yaml` creates in AWS: the jobs queue with its dead-letter queue
 //! and redrive policy, the SES sender identity, and the contact list with its topics.
 
+use crate::subscribers::Audience;
 use anyhow::Context;
-use aws_sdk_sesv2::types::{SubscriptionStatus, Topic};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 /// What to create. The defaults mirror `template.yaml`.
@@ -15,8 +15,8 @@ pub struct Settings {
     pub max_receive_count: u32,
     pub from_address: String,
     pub contact_list_name: String,
-    /// Topic name and whether subscribers get it unless they opt out.
-    pub topics: Vec<(String, bool)>,
+    /// The contact list's topics, and the subscribers to seed it with.
+    pub audience: Audience,
 }
 
 impl Default for Settings {
@@ -27,7 +27,7 @@ impl Default for Settings {
             max_receive_count: 5,
             from_address: "newsletter@example.com".into(),
             contact_list_name: "newsletter-subscribers".into(),
-            topics: Vec::new(),
+            audience: Audience::default(),
         }
     }
 }
@@ -88,23 +88,16 @@ pub async fn provision(
         .send()
         .await
         .context("creating the sender identity")?;
-    let topics = settings.topics.iter().map(|(name, default_opt_in)| {
-        Topic::builder()
-            .topic_name(name)
-            .display_name(name)
-            .default_subscription_status(if *default_opt_in {
-                SubscriptionStatus::OptIn
-            } else {
-                SubscriptionStatus::OptOut
-            })
-            .build()
-    });
     ses.create_contact_list()
         .contact_list_name(&settings.contact_list_name)
-        .set_topics(Some(topics.collect::<Result<_, _>>()?))
+        .set_topics(Some(settings.audience.ses_topics()?))
         .send()
         .await
         .context("creating the contact list")?;
+    settings
+        .audience
+        .seed(&ses, &settings.contact_list_name)
+        .await?;
 
     Ok(Provisioned {
         queue_url,

@@ -106,34 +106,23 @@ impl<M: Mailer> Sender<M> {
                 .entry(recipient.topics.as_slice())
                 .or_insert_with(|| render(&delivery.newsletter, &recipient.topics));
         }
-        let emails = &emails;
 
-        let outcomes: Vec<(usize, Outcome)> = stream::iter(delivery.recipients.iter().enumerate())
-            .map(|(index, recipient)| async move {
-                if Instant::now() >= deadline {
-                    return (index, Outcome::Owed);
-                }
-                self.limiter.until_ready().await;
-                if Instant::now() >= deadline {
-                    return (index, Outcome::Owed);
-                }
-                let email = &emails[recipient.topics.as_slice()];
-                let topic = match recipient.topics.as_slice() {
-                    [only] => Some(only),
-                    _ => None,
-                };
-                match self.mailer.send(&recipient.email, email, topic).await {
-                    Ok(()) => (index, Outcome::Sent),
-                    Err(SendError::Permanent(reason)) => {
-                        tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
-                        (index, Outcome::Rejected)
-                    }
-                    Err(SendError::Transient(reason)) => {
-                        tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry");
-                        (index, Outcome::Owed)
-                    }
-                }
+        // Futures are built up front (they do nothing until polled) so the stream holds named
+        // types; `buffer_unordered` then runs at most `max_in_flight` of them at once.
+        let sends: Vec<_> = delivery
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(index, recipient)| {
+                self.send_one(
+                    index,
+                    recipient,
+                    &emails[recipient.topics.as_slice()],
+                    deadline,
+                )
             })
+            .collect();
+        let outcomes: Vec<(usize, Outcome)> = stream::iter(sends)
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
@@ -153,5 +142,36 @@ impl<M: Mailer> Sender<M> {
             .map(|index| delivery.recipients[index].clone())
             .collect();
         report
+    }
+
+    async fn send_one(
+        &self,
+        index: usize,
+        recipient: &Recipient,
+        email: &RenderedEmail,
+        deadline: Instant,
+    ) -> (usize, Outcome) {
+        if Instant::now() >= deadline {
+            return (index, Outcome::Owed);
+        }
+        self.limiter.until_ready().await;
+        if Instant::now() >= deadline {
+            return (index, Outcome::Owed);
+        }
+        let topic = match recipient.topics.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        };
+        match self.mailer.send(&recipient.email, email, topic).await {
+            Ok(()) => (index, Outcome::Sent),
+            Err(SendError::Permanent(reason)) => {
+                tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
+                (index, Outcome::Rejected)
+            }
+            Err(SendError::Transient(reason)) => {
+                tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry");
+                (index, Outcome::Owed)
+            }
+        }
     }
 }

@@ -6,14 +6,51 @@ pub mod ses;
 
 pub use config::Config;
 
+use aws_config::{SdkConfig, retry::RetryConfig};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::future::join_all;
 use lambda_runtime::{Error, LambdaEvent};
-use newsletter::{deliver::Mailer, directory::ContactDirectory, queue::MessageQueue, work::Worker};
+use newsletter::{
+    deliver::{Mailer, SendPolicy, Sender},
+    directory::ContactDirectory,
+    queue::{MessageQueue, SqsQueue},
+    work::Worker,
+};
+use ses::{SesContactList, SesMailer};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Time kept back from the invocation's deadline to re-enqueue owed recipients and report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The worker as deployed: SQS for the queue, SES v2 for contacts and mail.
+pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer>;
+
+/// Builds the worker's clients once, at init. Makes no network call.
+pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
+    // Throttling is expected at the account's send rate: back off and retry inside the SDK before
+    // a recipient counts as owed.
+    let ses_config = aws_sdk_sesv2::config::Builder::from(aws)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(6)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(5)),
+        )
+        .build();
+    let ses = aws_sdk_sesv2::Client::from_conf(ses_config);
+    Worker::new(
+        SqsQueue::new(aws_sdk_sqs::Client::new(aws), &config.queue_url),
+        SesContactList::new(ses.clone(), &config.contact_list_name),
+        Sender::new(
+            SesMailer::new(ses, config),
+            SendPolicy::per_instance(
+                config.max_send_rate,
+                config.max_concurrency,
+                config.max_in_flight,
+            ),
+        ),
+    )
+}
 
 /// Processes a batch. Records run concurrently (they share the send-rate limiter); each failed
 /// record is reported by its message id, and a failure never affects its batch-mates.

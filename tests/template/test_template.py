@@ -1,0 +1,246 @@
+"""template.yaml: clean under cfn-lint (+ serverless rules) and `sam validate --lint`, and right where
+those linters do not look (queue timing, SQS event limits, redrive, IAM auth on every route, build shape).
+
+Each check_* returns a list of problems: empty on the real template, and each problem is shown to be
+caught on a mutated copy (MUTATIONS).
+"""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+BIN = Path(sys.executable).parent  # .venv/bin when run as `.venv/bin/python -m pytest`
+FOURTEEN_DAYS = 14 * 24 * 3600
+
+
+# --- reading the template -------------------------------------------------------------------------
+
+
+def resources(t, type_):
+    return {name: r for name, r in t["Resources"].items() if r["Type"] == type_}
+
+
+def function_props(t, function):
+    """Properties over Globals.Function; a shallow merge is enough for the top-level keys read here."""
+    return {**t.get("Globals", {}).get("Function", {}), **function.get("Properties", {})}
+
+
+def events(t, type_):
+    """(function id, function properties, event properties) of every event of that type."""
+    for name, function in resources(t, "AWS::Serverless::Function").items():
+        props = function_props(t, function)
+        for event in props.get("Events", {}).values():
+            if event["Type"] == type_:
+                yield name, props, event.get("Properties", {})
+
+
+def ref_id(value):
+    """The logical id named by `!Ref X` or `!GetAtt X.Attr`, else None."""
+    if isinstance(value, dict) and "Ref" in value:
+        return value["Ref"]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        att = value["Fn::GetAtt"]
+        return att[0] if isinstance(att, list) else att.split(".")[0]
+    return None
+
+
+def number(t, value):
+    """A literal number, or the Default of the parameter it refers to."""
+    name = ref_id(value)
+    return int(t["Parameters"][name]["Default"] if name in t.get("Parameters", {}) else value)
+
+
+# --- checks cfn-lint does not make ----------------------------------------------------------------
+
+
+def check_functions(t):
+    problems = []
+    for name, function in resources(t, "AWS::Serverless::Function").items():
+        props = function_props(t, function)
+        for key, want in (("Runtime", "provided.al2023"), ("Architectures", ["arm64"]), ("Handler", "bootstrap")):
+            if props.get(key) != want:
+                problems.append(f"{name}: {key} is {props.get(key)!r}, want {want!r}")
+        metadata = function.get("Metadata", {})
+        if metadata.get("BuildMethod") != "rust-cargolambda" or not metadata.get("BuildProperties", {}).get("Binary"):
+            problems.append(f"{name}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
+    return problems
+
+
+def check_sqs_events(t):
+    problems = []
+    for name, props, event in events(t, "SQS"):
+        where = f"{name} SQS event"
+        batch = number(t, event.get("BatchSize", 10))
+        window = number(t, event.get("MaximumBatchingWindowInSeconds", 0))
+        limit = 10000 if window else 10  # standard queue: above 10 needs a batching window
+        if not 1 <= batch <= limit:
+            problems.append(f"{where}: BatchSize {batch} not in 1..{limit} (batching window {window} s)")
+        if window > 300:
+            problems.append(f"{where}: MaximumBatchingWindowInSeconds {window} > 300")
+        if "ReportBatchItemFailures" not in event.get("FunctionResponseTypes", []):
+            problems.append(f"{where}: FunctionResponseTypes lacks ReportBatchItemFailures")
+
+        concurrency = ref_id(event.get("ScalingConfig", {}).get("MaximumConcurrency"))
+        env = ref_id(props.get("Environment", {}).get("Variables", {}).get("MAX_CONCURRENCY"))
+        parameter = t.get("Parameters", {}).get(concurrency)
+        if parameter is None or env != concurrency:
+            problems.append(f"{where}: ScalingConfig.MaximumConcurrency and MAX_CONCURRENCY must !Ref the same parameter")
+        elif not (parameter.get("MinValue", 0) >= 2 and parameter.get("MaxValue", 10**6) <= 1000):
+            problems.append(f"{where}: parameter {concurrency} must be bounded to AWS's 2..1000")
+
+        queue = ref_id(event["Queue"])
+        timeout = number(t, props.get("Timeout", 3))
+        visibility = number(t, t["Resources"][queue]["Properties"].get("VisibilityTimeout", 30))
+        if visibility < 6 * timeout:
+            problems.append(f"{queue}: VisibilityTimeout {visibility} < 6 x {name} Timeout {timeout}")
+    return problems
+
+
+def check_queues(t):
+    """Every queue a function consumes: redrive after 5 receives to a 14-day DLQ, both encrypted."""
+    problems = []
+    for _, _, event in events(t, "SQS"):
+        queue = ref_id(event["Queue"])
+        redrive = t["Resources"][queue]["Properties"].get("RedrivePolicy", {})
+        if redrive.get("maxReceiveCount") != 5:
+            problems.append(f"{queue}: RedrivePolicy maxReceiveCount is {redrive.get('maxReceiveCount')}, want 5")
+        dlq = ref_id(redrive.get("deadLetterTargetArn"))
+        if dlq not in t["Resources"]:
+            problems.append(f"{queue}: RedrivePolicy names no dead-letter queue of this template")
+            continue
+        retention = t["Resources"][dlq]["Properties"].get("MessageRetentionPeriod")
+        if retention != FOURTEEN_DAYS:
+            problems.append(f"{dlq}: MessageRetentionPeriod is {retention}, want {FOURTEEN_DAYS} (14 days)")
+        for name in (queue, dlq):
+            if t["Resources"][name]["Properties"].get("SqsManagedSseEnabled") is not True:
+                problems.append(f"{name}: SqsManagedSseEnabled is not true")
+    return problems
+
+
+def check_http_api_auth(t):
+    """No route anyone can call unsigned."""
+    problems = []
+    apis = resources(t, "AWS::Serverless::HttpApi")
+    for name, api in apis.items():
+        props = api.get("Properties", {})
+        auth = props.get("Auth", {})
+        if auth.get("EnableIamAuthorizer") is not True or auth.get("DefaultAuthorizer") != "AWS_IAM":
+            problems.append(f"{name}: Auth needs EnableIamAuthorizer: true and DefaultAuthorizer: AWS_IAM")
+        if "DefinitionBody" in props or "DefinitionUri" in props:
+            problems.append(f"{name}: routes from an OpenAPI definition are not checked; declare them as events")
+    for name, _, event in events(t, "HttpApi"):
+        if ref_id(event.get("ApiId")) not in apis:
+            problems.append(f"{name}: HttpApi event without ApiId makes an implicit API, not IAM-authenticated")
+        authorizer = event.get("Auth", {}).get("Authorizer", "AWS_IAM")
+        if authorizer != "AWS_IAM":
+            problems.append(f"{name}: route {event.get('Method')} {event.get('Path')} uses authorizer {authorizer}")
+    for name, route in resources(t, "AWS::ApiGatewayV2::Route").items():
+        if route["Properties"].get("AuthorizationType") != "AWS_IAM":
+            problems.append(f"{name}: AuthorizationType is not AWS_IAM")
+    return problems
+
+
+CHECKS = [check_functions, check_sqs_events, check_queues, check_http_api_auth]
+
+
+def problems(t):
+    return [p for check in CHECKS for p in check(t)]
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template():
+    return cfn_yaml.load(str(TEMPLATE))
+
+
+def run(*command):
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "SAM_CLI_TELEMETRY": "0"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cfn_lint_with_serverless_rules_finds_nothing():
+    result = run(BIN / "cfn-lint", "template.yaml", "-a", "cfn_lint_serverless.rules")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_sam_validate_lint_finds_nothing():
+    # .cfnlintrc appends the serverless rules here too; any finding, warnings included, exits 1.
+    # stderr is not compared: SAM CLI prints a weekly "update available" notice there.
+    result = run(BIN / "sam", "validate", "--lint", "--region", "us-east-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("template.yaml is a valid SAM Template"), result.stdout
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_template_passes(template, check):
+    assert check(template) == []
+
+
+WORKER = "Resources.WorkerFunction.Properties"
+JOBS_EVENT = f"{WORKER}.Events.Jobs.Properties"
+ACCEPT_EVENT = "Resources.AcceptFunction.Properties.Events.PostNewsletter.Properties"
+DELETE = object()
+
+# name: (edits as {dotted path: new value or DELETE}, text expected in one of the problems)
+MUTATIONS = {
+    "visibility 2x timeout": ({"Resources.JobsQueue.Properties.VisibilityTimeout": 120}, "VisibilityTimeout 120 < 6 x"),
+    "worker timeout raised": ({f"{WORKER}.Timeout": 61}, "VisibilityTimeout 360 < 6 x WorkerFunction Timeout 61"),
+    "timeout from Globals": (
+        {f"{WORKER}.Timeout": DELETE, "Globals.Function.Timeout": 120},
+        "VisibilityTimeout 360 < 6 x WorkerFunction Timeout 120",
+    ),
+    "batch 11 without window": (
+        {f"{JOBS_EVENT}.BatchSize": 11, f"{JOBS_EVENT}.MaximumBatchingWindowInSeconds": DELETE},
+        "BatchSize 11 not in 1..10",
+    ),
+    "batch over 10000": ({f"{JOBS_EVENT}.BatchSize": 10001}, "BatchSize 10001 not in 1..10000"),
+    "window over 300 s": ({f"{JOBS_EVENT}.MaximumBatchingWindowInSeconds": 301}, "MaximumBatchingWindowInSeconds 301"),
+    "no partial batch response": ({f"{JOBS_EVENT}.FunctionResponseTypes": []}, "ReportBatchItemFailures"),
+    "concurrency literal": ({f"{JOBS_EVENT}.ScalingConfig.MaximumConcurrency": 5}, "same parameter"),
+    "env on other parameter": (
+        {f"{WORKER}.Environment.Variables.MAX_CONCURRENCY": {"Ref": "MaxSendRate"}},
+        "same parameter",
+    ),
+    "concurrency unbounded": ({"Parameters.WorkerMaxConcurrency.MaxValue": DELETE}, "2..1000"),
+    "redrive after 3": ({"Resources.JobsQueue.Properties.RedrivePolicy.maxReceiveCount": 3}, "maxReceiveCount is 3"),
+    "dlq keeps 4 days": ({"Resources.JobsDeadLetterQueue.Properties.MessageRetentionPeriod": 345600}, "14 days"),
+    "dlq unencrypted": (
+        {"Resources.JobsDeadLetterQueue.Properties.SqsManagedSseEnabled": DELETE},
+        "JobsDeadLetterQueue: SqsManagedSseEnabled",
+    ),
+    "route opted out of IAM": ({f"{ACCEPT_EVENT}.Auth": {"Authorizer": "NONE"}}, "uses authorizer NONE"),
+    "api without IAM default": ({"Resources.Api.Properties.Auth.DefaultAuthorizer": DELETE}, "DefaultAuthorizer"),
+    "implicit api": ({f"{ACCEPT_EVENT}.ApiId": DELETE}, "implicit API"),
+    "x86_64": ({"Globals.Function.Architectures": ["x86_64"]}, "Architectures is ['x86_64']"),
+    "old runtime": ({"Resources.AcceptFunction.Properties.Runtime": "provided.al2"}, "Runtime is 'provided.al2'"),
+    "no binary": ({"Resources.WorkerFunction.Metadata.BuildProperties.Binary": DELETE}, "WorkerFunction: Metadata"),
+}
+
+
+def mutated(template, edits):
+    t = copy.deepcopy(template)
+    for path, value in edits.items():
+        *parents, last = path.split(".")
+        node = t
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return t
+
+
+@pytest.mark.parametrize("edits, expected", MUTATIONS.values(), ids=MUTATIONS.keys())
+def test_checks_catch(template, edits, expected):
+    found = problems(mutated(template, edits))
+    assert any(expected in p for p in found), found
