@@ -2,9 +2,12 @@
 //! provisions the cloud, for `make dev` and for the integration tests.
 
 pub mod event_source;
+pub mod functions;
+pub mod log_events;
 pub mod moto;
 pub mod outbox;
 pub mod provision;
+pub mod stack;
 pub mod subscribers;
 
 pub use moto::MotoServer;

@@ -1,1 +1,104 @@
-fn main() {}
+//! `local-stack dev`: the whole system on this machine until Ctrl-C.
+//! `local-stack outbox [TASK_ID]`: the emails the local SES recorded.
+
+use anyhow::Context;
+use local_stack::event_source::Trigger;
+use local_stack::stack::{LocalStack, StackOptions};
+use local_stack::subscribers::Audience;
+use local_stack::{Settings, repository_root};
+use std::sync::Arc;
+
+const DEFAULT_AWS_PORT: u16 = 4566;
+const DEFAULT_LAMBDA_PORT: u16 = 9000;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("dev") => dev().await,
+        Some("outbox") => outbox(args.get(1).map(String::as_str)).await,
+        _ => anyhow::bail!("usage: local-stack dev | local-stack outbox [TASK_ID]"),
+    }
+}
+
+fn port(variable: &str, default: u16) -> anyhow::Result<u16> {
+    match std::env::var(variable) {
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{variable}={value} is not a port")),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn dev() -> anyhow::Result<()> {
+    let root = repository_root();
+    let subscribers = std::env::var("SUBSCRIBERS_FILE")
+        .map(Into::into)
+        .unwrap_or_else(|_| root.join("dev/subscribers.json"));
+    let options = StackOptions {
+        aws_port: port("LOCAL_AWS_PORT", DEFAULT_AWS_PORT)?,
+        lambda_port: port("LAMBDA_PORT", DEFAULT_LAMBDA_PORT)?,
+        settings: Settings {
+            audience: Audience::load(&subscribers)?,
+            ..Settings::default()
+        },
+        max_send_rate: 14.0,
+        max_concurrency: 5,
+        trigger: Trigger::default(),
+        reload_on_change: true,
+        log_path: root.join(".dev/functions.log"),
+    };
+    println!(
+        "Starting local AWS on 127.0.0.1:{} and both functions under cargo lambda watch on 127.0.0.1:{} \
+         (the first start compiles them)...",
+        options.aws_port, options.lambda_port
+    );
+    // Ctrl-C during the start (which may compile for minutes) stops what has started so far.
+    let stack = tokio::select! {
+        stack = LocalStack::start(options, Arc::new(|line| println!("{line}"))) => stack?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    let url = stack.newsletters_url();
+    println!(
+        "\nReady: {} subscribers from {} in contact list '{}'.\n\
+         \nPOST newsletters to {url}\n\
+         \n  curl -i -X POST {url} -H 'content-type: application/json' -d @events/newsletter.json\n\
+         \nEmails sent: make outbox (or make outbox TASK=<task id>). Function logs: .dev/functions.log.\n\
+         Locally there is no IAM authentication in front of accept. Ctrl-C stops everything.\n",
+        stack.settings.audience.subscribers.len(),
+        subscribers.display(),
+        stack.settings.contact_list_name,
+    );
+    tokio::select! {
+        result = stack.run_trigger() => result?,
+        _ = tokio::signal::ctrl_c() => println!("\nStopping..."),
+    }
+    drop(stack);
+    Ok(())
+}
+
+async fn outbox(task: Option<&str>) -> anyhow::Result<()> {
+    let endpoint = format!(
+        "http://127.0.0.1:{}",
+        port("LOCAL_AWS_PORT", DEFAULT_AWS_PORT)?
+    );
+    let emails = local_stack::outbox::sent_emails(&endpoint)
+        .await
+        .with_context(|| format!("reading the local SES at {endpoint}: is `make dev` running?"))?;
+    let mut shown = 0;
+    for email in emails
+        .iter()
+        .filter(|email| task.is_none() || email.task_id() == task)
+    {
+        shown += 1;
+        println!(
+            "{:<32} task {:<36}  {:?}  sections: {}",
+            email.destinations.to_addresses.join(", "),
+            email.task_id().unwrap_or("?"),
+            email.subject,
+            email.section_titles().join(" | ")
+        );
+    }
+    println!("{shown} email(s)");
+    Ok(())
+}

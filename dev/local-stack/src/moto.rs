@@ -3,6 +3,7 @@
 
 use anyhow::{Context, bail};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,10 @@ impl MotoServer {
         let python = std::env::var("LOCAL_STACK_PYTHON")
             .map(Into::into)
             .unwrap_or_else(|_| root.join(".venv/bin/python"));
-        let process = Command::new(&python)
+        let mut command = Command::new(&python);
+        // SAFETY: prctl(2) only, between fork and exec; it allocates nothing.
+        unsafe { command.pre_exec(stop_with_parent) };
+        let process = command
             .arg(root.join("dev/moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().copied())
@@ -74,6 +78,17 @@ impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+}
+
+/// Asks the kernel to stop this (child) process when the process that started it dies, even by
+/// SIGKILL, so that no server outlives the test or `make dev` that started it.
+pub fn stop_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -10,6 +10,29 @@ pub struct SentEmail {
     pub body: String,
 }
 
+impl SentEmail {
+    /// The task the email belongs to, from the `newsletter-task` meta tag the worker renders.
+    pub fn task_id(&self) -> Option<&str> {
+        let marker = r#"<meta name="newsletter-task" content=""#;
+        let start = self.body.find(marker)? + marker.len();
+        let length = self.body[start..].find('"')?;
+        Some(&self.body[start..start + length])
+    }
+
+    /// The section headings, in order (as rendered, HTML-escaped).
+    pub fn section_titles(&self) -> Vec<&str> {
+        self.body
+            .split("<h2")
+            .skip(1)
+            .filter_map(|rest| {
+                let start = rest.find('>')? + 1;
+                let end = rest.find("</h2>")?;
+                Some(&rest[start..end])
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Destinations {

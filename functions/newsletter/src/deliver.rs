@@ -104,7 +104,9 @@ impl<M: Mailer> Sender<M> {
         for recipient in &delivery.recipients {
             emails
                 .entry(recipient.topics.as_slice())
-                .or_insert_with(|| render(&delivery.newsletter, &recipient.topics));
+                .or_insert_with(|| {
+                    render(delivery.task_id, &delivery.newsletter, &recipient.topics)
+                });
         }
 
         // Futures are built up front (they do nothing until polled) so the stream holds named

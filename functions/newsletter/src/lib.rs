@@ -4,6 +4,7 @@
 //! Nothing here knows about Lambda. The `accept` and `worker` functions are thin adapters around it.
 
 pub mod audience;
+pub mod aws_error;
 pub mod config;
 pub mod deliver;
 pub mod directory;

@@ -1,8 +1,8 @@
 //! The jobs queue as the domain sees it, and its SQS implementation.
 
+use crate::aws_error::describe;
 use crate::message::Message;
 use crate::planning::{MAX_MESSAGE_BYTES, pack};
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use std::future::Future;
 
@@ -63,7 +63,7 @@ impl SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|err| QueueError(DisplayErrorContext(&err).to_string()))?;
+                .map_err(|err| QueueError(describe(&err)))?;
             let failed_ids: Vec<String> =
                 output.failed.iter().map(|entry| entry.id.clone()).collect();
             if let Some(entry) = output.failed.first() {
@@ -96,7 +96,7 @@ impl MessageQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| QueueError(DisplayErrorContext(&err).to_string()))
+            .map_err(|err| QueueError(describe(&err)))
     }
 
     async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {

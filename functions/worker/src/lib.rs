@@ -90,13 +90,22 @@ where
     Ok(response)
 }
 
+/// Time to assume when the deadline is unusable: the template's worker timeout.
+const FALLBACK_TIME_LIMIT: Duration = Duration::from_secs(60);
+
 /// When to stop starting sends: the invocation's deadline (milliseconds since the epoch) less a
 /// margin, as an `Instant`.
 fn sending_deadline(deadline_ms: u64) -> Instant {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64);
-    let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    // Lambda always sends a deadline in the future. `cargo lambda watch` sends a duration
+    // (600000) instead of a timestamp, which reads as long past: fall back to the timeout.
+    let remaining = if deadline_ms > now_ms {
+        Duration::from_millis(deadline_ms - now_ms)
+    } else {
+        FALLBACK_TIME_LIMIT
+    };
     let margin = DEADLINE_MARGIN.min(remaining / 4);
     Instant::now() + remaining.saturating_sub(margin)
 }

@@ -1,16 +1,17 @@
 //! Amazon SES v2 behind the domain's contact-list and mailer traits.
 
 use crate::Config;
+use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::{
-    error::DisplayErrorContext,
     operation::send_email::SendEmailError,
     types::{
         Body, Content, Destination, EmailContent, ListContactsFilter, ListManagementOptions,
-        Message, SubscriptionStatus, TopicFilter,
+        Message, MessageTag, SubscriptionStatus, TopicFilter,
     },
 };
 use newsletter::{
     audience::{Contact, Subscription, TopicDefaults},
+    aws_error::describe,
     deliver::{Mailer, SendError},
     directory::{ContactDirectory, ContactPage, DirectoryError},
     domain::{EmailAddress, Topic},
@@ -41,8 +42,12 @@ fn subscription(status: Option<&SubscriptionStatus>) -> Subscription {
     }
 }
 
-fn directory_error<E: std::error::Error + 'static>(err: E) -> DirectoryError {
-    DirectoryError(DisplayErrorContext(err).to_string())
+fn directory_error<E, R>(err: SdkError<E, R>) -> DirectoryError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    DirectoryError(describe(&err))
 }
 
 impl ContactDirectory for SesContactList {
@@ -172,13 +177,21 @@ impl Mailer for SesMailer {
             .destination(Destination::builder().to_addresses(to.as_str()).build())
             .content(EmailContent::builder().simple(message).build())
             .list_management_options(list_management)
+            // Bounce, complaint and delivery events from a configuration set carry this tag.
+            .email_tags(
+                MessageTag::builder()
+                    .name("task_id")
+                    .value(email.task_id.to_string())
+                    .build()
+                    .map_err(|err| SendError::Permanent(err.to_string()))?,
+            )
             .set_configuration_set_name(self.configuration_set_name.clone())
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
             Err(err) => {
-                let reason = DisplayErrorContext(&err).to_string();
+                let reason = describe(&err);
                 match err.into_service_error() {
                     // This email will never be accepted as it is; retrying would only repeat it.
                     SendEmailError::MessageRejected(_) | SendEmailError::BadRequestException(_) => {

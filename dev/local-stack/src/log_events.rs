@@ -1,0 +1,86 @@
+//! Turns the functions' JSON log lines into one readable line per event for `make dev`.
+
+use serde_json::Value;
+
+/// A readable line for a notable log line, or `None` for everything else.
+pub fn readable(line: &str) -> Option<String> {
+    let entry: Value = serde_json::from_str(line.trim()).ok()?;
+    let fields = entry.get("fields")?;
+    let message = fields.get("message")?.as_str()?;
+    let task_id = entry.pointer("/span/task_id").and_then(Value::as_str);
+    let task = format!("task {}", task_id.unwrap_or("?"));
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_default()
+    };
+    let text = match message {
+        "newsletter accepted" => format!(
+            "accepted   {task}: {} section(s), job queued",
+            field("sections")
+        ),
+        "page planned" => format!(
+            "planned    {task}: page {}: {} contact(s), {} recipient(s), {} skipped -> {} delivery message(s){}",
+            field("page"),
+            field("contacts"),
+            field("recipients"),
+            field("skipped"),
+            field("deliveries"),
+            if field("more_pages") == "true" {
+                ", more pages to plan"
+            } else {
+                ""
+            }
+        ),
+        "chunk delivered" => format!(
+            "delivered  {task}: chunk {} (attempt {}): {} sent, {} rejected, {} owed",
+            field("chunk"),
+            field("attempt"),
+            field("sent"),
+            field("rejected"),
+            field("owed")
+        ),
+        "reporting message failed" => format!(
+            "failed     message {}: {} (SQS will retry it, then move it to the DLQ)",
+            field("message_id"),
+            field("error")
+        ),
+        _ => match entry.get("level").and_then(Value::as_str) {
+            Some(level @ ("WARN" | "ERROR")) => {
+                format!("{:<10} {task}: {message}", level.to_lowercase())
+            }
+            _ => return None,
+        },
+    };
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notable_lines_become_readable_and_the_rest_is_dropped() {
+        let accepted = r#"{"level":"INFO","fields":{"message":"newsletter accepted","sections":2},"span":{"task_id":"0190","name":"task"}}"#;
+        assert_eq!(
+            readable(accepted).unwrap(),
+            "accepted   task 0190: 2 section(s), job queued"
+        );
+        let delivered = r#"{"level":"INFO","fields":{"message":"chunk delivered","chunk":"p0-c0","attempt":0,"sent":3,"rejected":0,"owed":1},"span":{"task_id":"0190"}}"#;
+        assert_eq!(
+            readable(delivered).unwrap(),
+            "delivered  task 0190: chunk p0-c0 (attempt 0): 3 sent, 0 rejected, 1 owed"
+        );
+        let warning = r#"{"level":"WARN","fields":{"message":"email rejected; not retried"},"span":{"task_id":"0190"}}"#;
+        assert_eq!(
+            readable(warning).unwrap(),
+            "warn       task 0190: email rejected; not retried"
+        );
+        assert_eq!(
+            readable(r#"{"level":"INFO","fields":{"message":"other"}}"#),
+            None
+        );
+        assert_eq!(readable("   Compiling worker v0.1.0"), None);
+    }
+}

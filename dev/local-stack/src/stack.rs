@@ -1,0 +1,114 @@
+//! The whole system on one machine: local AWS provisioned as the template provisions AWS, both
+//! functions under `cargo lambda watch` with the template's environment, and the SQS trigger.
+
+use crate::event_source::{HttpInvoker, SqsEventSource, Trigger};
+use crate::functions::{CargoLambdaWatch, EventSink};
+use crate::{MotoServer, Provisioned, Settings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct StackOptions {
+    /// Port of the local AWS server (0: any free port).
+    pub aws_port: u16,
+    /// Port of `cargo lambda watch` (0: any free port).
+    pub lambda_port: u16,
+    pub settings: Settings,
+    /// The worker's `MAX_SEND_RATE` and `MAX_CONCURRENCY`, as the template passes them.
+    pub max_send_rate: f64,
+    pub max_concurrency: u32,
+    pub trigger: Trigger,
+    pub reload_on_change: bool,
+    pub log_path: PathBuf,
+}
+
+pub struct LocalStack {
+    pub settings: Settings,
+    pub provisioned: Provisioned,
+    pub sqs: aws_sdk_sqs::Client,
+    trigger: Trigger,
+    // Dropped in this order: the functions first, then the AWS server they talk to.
+    functions: CargoLambdaWatch,
+    moto: MotoServer,
+}
+
+impl LocalStack {
+    pub async fn start(options: StackOptions, events: EventSink) -> anyhow::Result<Self> {
+        let moto = MotoServer::start(resolve(options.aws_port)?)?;
+        let aws = crate::sdk_config(&moto.endpoint()).await;
+        let provisioned = crate::provision(&aws, &options.settings).await?;
+
+        let mut env: Vec<(String, String)> = crate::sdk_environment(&moto.endpoint())
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        env.extend(
+            [
+                ("QUEUE_URL", provisioned.queue_url.clone()),
+                (
+                    "CONTACT_LIST_NAME",
+                    options.settings.contact_list_name.clone(),
+                ),
+                ("FROM_ADDRESS", options.settings.from_address.clone()),
+                ("MAX_SEND_RATE", options.max_send_rate.to_string()),
+                ("MAX_CONCURRENCY", options.max_concurrency.to_string()),
+                ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
+
+        let mut functions = CargoLambdaWatch::start(
+            resolve(options.lambda_port)?,
+            &env,
+            options.reload_on_change,
+            &options.log_path,
+            events,
+        )?;
+        functions.wait_until_ready(Duration::from_secs(900)).await?;
+        Ok(Self {
+            settings: options.settings,
+            provisioned,
+            sqs: aws_sdk_sqs::Client::new(&aws),
+            trigger: options.trigger,
+            functions,
+            moto,
+        })
+    }
+
+    pub fn aws_endpoint(&self) -> String {
+        self.moto.endpoint()
+    }
+
+    /// Where to POST newsletters (the accept function's URL under `cargo lambda watch`).
+    pub fn newsletters_url(&self) -> String {
+        format!(
+            "{}/lambda-url/accept/newsletters",
+            self.functions.endpoint()
+        )
+    }
+
+    /// Feeds the worker from the jobs queue, as Lambda's SQS trigger does, until dropped.
+    pub async fn run_trigger(&self) -> anyhow::Result<()> {
+        let source = SqsEventSource::new(
+            self.sqs.clone(),
+            &self.provisioned.queue_url,
+            self.trigger.clone(),
+        )
+        .await?;
+        let worker = HttpInvoker::new(self.functions.endpoint(), "worker");
+        loop {
+            if let Err(err) = source.poll(&worker).await {
+                eprintln!("SQS trigger: {err:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn resolve(port: u16) -> anyhow::Result<u16> {
+    if port == 0 {
+        crate::moto::free_port()
+    } else {
+        Ok(port)
+    }
+}

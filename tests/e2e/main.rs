@@ -1,0 +1,182 @@
+//! End to end on one machine, as `make dev` runs it: a newsletter POSTed to the accept function
+//! under `cargo lambda watch` reaches each subscriber through the SQS trigger, the worker and SES.
+
+use local_stack::event_source::Trigger;
+use local_stack::outbox::SentEmail;
+use local_stack::stack::{LocalStack, StackOptions};
+use local_stack::subscribers::Audience;
+use local_stack::{Settings, repository_root};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
+    let root = repository_root();
+    let settings = Settings {
+        audience: Audience::load(&root.join("dev/subscribers.json")).expect("demo subscribers"),
+        visibility_timeout,
+        ..Settings::default()
+    };
+    let options = StackOptions {
+        aws_port: 0,
+        lambda_port: 0,
+        settings,
+        max_send_rate: 100.0,
+        max_concurrency: 1,
+        trigger: Trigger {
+            batch_size: 10,
+            batching_window: Duration::from_millis(200),
+            wait_time_seconds: 1,
+        },
+        reload_on_change: false,
+        log_path: root.join(format!("target/e2e/{name}.log")),
+    };
+    LocalStack::start(options, Arc::new(|_| {}))
+        .await
+        .expect("the local stack starts")
+}
+
+async fn post_newsletter(stack: &LocalStack) -> String {
+    let body = std::fs::read_to_string(repository_root().join("events/newsletter.json")).unwrap();
+    let response = reqwest::Client::new()
+        .post(stack.newsletters_url())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("accept answers");
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    accepted["task_id"].as_str().unwrap().to_owned()
+}
+
+/// Runs the SQS trigger until `done` holds, for at most `limit`.
+async fn run_until<F, Fut>(stack: &LocalStack, limit: Duration, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let wait = async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        result = stack.run_trigger() => panic!("the trigger stopped: {result:?}"),
+        finished = tokio::time::timeout(limit, wait) => finished.expect("the system finished in time"),
+    }
+}
+
+async fn emails_of(stack: &LocalStack, task_id: &str) -> Vec<SentEmail> {
+    let emails = local_stack::outbox::sent_emails(&stack.aws_endpoint())
+        .await
+        .unwrap();
+    emails
+        .into_iter()
+        .filter(|email| email.task_id() == Some(task_id))
+        .collect()
+}
+
+/// (recipient, section titles) the demo subscribers must get for events/newsletter.json.
+fn expected_emails(stack: &LocalStack) -> Vec<(String, Vec<&'static str>)> {
+    let sections = [("rust", "Release notes"), ("aws", "Lambda news")];
+    let topics: Vec<&str> = sections.iter().map(|(topic, _)| *topic).collect();
+    let audience = &stack.settings.audience;
+    let mut expected: Vec<(String, Vec<&str>)> = audience
+        .subscribers
+        .iter()
+        .map(|subscriber| {
+            let wanted = subscriber.wants(audience, &topics);
+            let titles = sections
+                .iter()
+                .filter(|(t, _)| wanted.contains(t))
+                .map(|(_, title)| *title)
+                .collect();
+            (subscriber.email.clone(), titles)
+        })
+        .filter(|(_, titles): &(String, Vec<&str>)| !titles.is_empty())
+        .collect();
+    expected.sort();
+    expected
+}
+
+fn received(emails: &[SentEmail]) -> Vec<(String, Vec<&str>)> {
+    let mut received: Vec<(String, Vec<&str>)> = emails
+        .iter()
+        .map(|email| {
+            (
+                email.destinations.to_addresses.join(","),
+                email.section_titles(),
+            )
+        })
+        .collect();
+    received.sort();
+    received
+}
+
+#[tokio::test]
+async fn a_posted_newsletter_reaches_each_subscriber_as_their_preferences_say() {
+    let stack = start_stack("delivery", 360).await;
+    let expected = expected_emails(&stack);
+    assert_eq!(
+        expected.len(),
+        3,
+        "the demo list has three interested subscribers"
+    );
+
+    let task_id = post_newsletter(&stack).await;
+    run_until(&stack, Duration::from_secs(120), || async {
+        emails_of(&stack, &task_id).await.len() >= expected.len()
+    })
+    .await;
+    // Let any stray duplicate show up before judging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let emails = emails_of(&stack, &task_id).await;
+    let expected: Vec<(String, Vec<&str>)> = expected
+        .iter()
+        .map(|(to, titles)| (to.clone(), titles.clone()))
+        .collect();
+    assert_eq!(received(&emails), expected);
+}
+
+#[tokio::test]
+async fn a_poison_job_ends_in_the_dead_letter_queue_and_the_jobs_around_it_are_delivered() {
+    let stack = start_stack("poison", 1).await;
+    let expected = expected_emails(&stack).len();
+    let before = post_newsletter(&stack).await;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.provisioned.queue_url)
+        .message_body(r#"{"version": 1, "kind": "job", "task_id": "not-a-uuid"}"#)
+        .send()
+        .await
+        .unwrap();
+    let after = post_newsletter(&stack).await;
+
+    let dead_letters = || async {
+        stack
+            .sqs
+            .receive_message()
+            .queue_url(&stack.provisioned.dead_letter_queue_url)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    };
+    run_until(&stack, Duration::from_secs(120), || async {
+        !dead_letters().await.is_empty()
+            && emails_of(&stack, &before).await.len() >= expected
+            && emails_of(&stack, &after).await.len() >= expected
+    })
+    .await;
+
+    let dead = dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body().unwrap_or_default().contains("not-a-uuid"));
+    assert_eq!(emails_of(&stack, &before).await.len(), expected);
+    assert_eq!(emails_of(&stack, &after).await.len(), expected);
+}
