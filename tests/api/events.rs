@@ -1,7 +1,11 @@
 //! Every file in `events/` goes through the function that takes it, with the answer it must get,
 //! so a fixture cannot rot unnoticed.
 
-use crate::helpers::{event_file, json_body, spawn_app};
+use crate::helpers::{event_file, json_body, spawn_app, spawn_app_with};
+use aws_lambda_events::event::sqs::SqsEvent;
+use local_stack::event_source::Invoke;
+use local_stack::subscribers::Audience;
+use local_stack::{Settings, repository_root};
 use newsletter::message::Message;
 
 /// API Gateway and function URL requests for `accept`, and the status each must get.
@@ -16,12 +20,23 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     ("http-api-get.json", 405),
 ];
 
+/// SQS batches for `worker`, and the message ids it must report failed.
+const SQS_EVENTS: &[(&str, &[&str])] = &[
+    ("sqs-job.json", &[]),
+    ("sqs-delivery.json", &[]),
+    (
+        "sqs-poison-batch.json",
+        &["0c8c5a51-2222-4a4a-9a9a-000000000002"],
+    ),
+];
+
 /// Files that are not Lambda events: the request body `make dev` prints a curl for.
 const REQUEST_BODIES: &[&str] = &["newsletter.json"];
 
 #[tokio::test]
 async fn every_file_in_events_is_covered_here() {
     let mut covered: Vec<&str> = HTTP_EVENTS.iter().map(|(name, _)| *name).collect();
+    covered.extend(SQS_EVENTS.iter().map(|(name, _)| *name));
     covered.extend(REQUEST_BODIES);
     let directory = local_stack::repository_root().join("events");
     for entry in std::fs::read_dir(directory).unwrap() {
@@ -77,5 +92,53 @@ async fn invalid_event_names_every_bad_field() {
             "#/sections/0/topic",
             "#/sections/0/title"
         ]
+    );
+}
+
+#[tokio::test]
+async fn sqs_events_report_exactly_their_poison_messages() {
+    let audience = Audience::load(&repository_root().join("dev/subscribers.json")).unwrap();
+    let app = spawn_app_with(
+        Settings {
+            audience,
+            ..Settings::default()
+        },
+        &[],
+    )
+    .await;
+    for (file, poison) in SQS_EVENTS {
+        let event: SqsEvent = serde_json::from_str(&event_file(file))
+            .unwrap_or_else(|err| panic!("{file} is not an SQS event: {err}"));
+        let response = app.worker.invoke(event).await.unwrap();
+        let reported: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|failure| failure.item_identifier.as_str())
+            .collect();
+        assert_eq!(reported, *poison, "{file}");
+    }
+    // The job was planned into a delivery; the deliveries reached their recipients.
+    let planned = app.drain_queue().await;
+    assert!(
+        planned
+            .iter()
+            .any(|body| matches!(Message::decode(body), Ok(Message::Delivery(_))))
+    );
+    let mut recipients: Vec<String> = app
+        .sent_emails()
+        .await
+        .into_iter()
+        .flat_map(|email| email.destinations.to_addresses)
+        .collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        [
+            "ada@example.com",
+            "ada@example.com",
+            "grace@example.com",
+            "linus@example.com"
+        ],
+        "sqs-delivery.json's three recipients, and sqs-poison-batch.json's one"
     );
 }
