@@ -2,7 +2,7 @@
 
 use crate::helpers::{event_file, json_body, post_request, spawn_app};
 use ::accept::App;
-use newsletter::{message::Message, queue::SqsQueue};
+use newsletter::{dynamo::DynamoStore, message::Message, queue::SqsQueue};
 use serde_json::json;
 
 #[tokio::test]
@@ -55,12 +55,16 @@ async fn refused_requests_leave_the_queue_empty() {
 
 #[tokio::test]
 async fn unreachable_queue_is_503_never_202() {
+    let app = spawn_app().await;
     let closed_port = local_stack::moto::free_port().unwrap();
     let aws = local_stack::sdk_config(&format!("http://127.0.0.1:{closed_port}")).await;
     let queue_url = format!("http://127.0.0.1:{closed_port}/123456789012/newsletter-jobs");
-    let app = App::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url));
+    let accept = App::new(
+        SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
+        app.store.clone(),
+    );
 
-    let response = app
+    let response = accept
         .handle(post_request(&event_file("newsletter.json")))
         .await;
 
@@ -73,13 +77,29 @@ async fn unreachable_queue_is_503_never_202() {
 }
 
 #[tokio::test]
+async fn unreachable_task_store_is_503_and_nothing_is_queued() {
+    let app = spawn_app().await;
+    let closed_port = local_stack::moto::free_port().unwrap();
+    let aws = local_stack::sdk_config(&format!("http://127.0.0.1:{closed_port}")).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), "newsletter-tasks");
+    let accept = App::new(SqsQueue::new(app.sqs.clone(), &app.stack.queue_url), store);
+
+    let response = accept
+        .handle(post_request(&event_file("newsletter.json")))
+        .await;
+
+    assert_eq!(response.status(), 503);
+    assert_eq!(app.queue_depth().await, 0);
+}
+
+#[tokio::test]
 async fn missing_queue_is_503() {
     let app = spawn_app().await;
     let missing = app
         .stack
         .queue_url
         .replace("newsletter-jobs", "no-such-queue");
-    let accept = App::new(SqsQueue::new(app.sqs.clone(), missing));
+    let accept = App::new(SqsQueue::new(app.sqs.clone(), missing), app.store.clone());
 
     let response = accept
         .handle(post_request(&event_file("newsletter.json")))

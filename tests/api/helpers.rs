@@ -9,6 +9,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::outbox::SentEmail;
 use local_stack::{MotoServer, Provisioned, Settings};
+use newsletter::dynamo::DynamoStore;
 use newsletter::queue::SqsQueue;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +19,8 @@ pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
     pub stack: Provisioned,
     pub settings: Settings,
-    pub accept: App<SqsQueue>,
+    pub accept: App<SqsQueue, DynamoStore>,
+    pub store: DynamoStore,
     pub worker: InProcessWorker,
     endpoint: String,
     // Last, so the server outlives the clients that talk to it; dropping it stops the process.
@@ -38,9 +40,12 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
         .await
         .expect("local AWS is provisioned");
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url));
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &settings.table_name);
+    let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url), store.clone());
     let config = Config {
         queue_url: stack.queue_url.clone(),
+        table_name: settings.table_name.clone(),
+        max_receive_count: settings.max_receive_count,
         contact_list_name: settings.contact_list_name.clone(),
         from_address: settings.from_address.clone(),
         max_send_rate: 1000.0,
@@ -50,6 +55,7 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
     };
     let worker = InProcessWorker {
         worker: worker::build(&config, &aws),
+        max_receive_count: config.max_receive_count,
         events: Mutex::default(),
     };
     TestApp {
@@ -57,6 +63,7 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
         stack,
         settings,
         accept,
+        store,
         worker,
         endpoint,
         _moto: moto,
@@ -65,7 +72,8 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
 
 /// The worker handler called in-process, as the Lambda runtime would, recording every batch.
 pub struct InProcessWorker {
-    worker: SesWorker,
+    pub worker: SesWorker,
+    max_receive_count: u32,
     pub events: Mutex<Vec<(SqsEvent, SqsBatchResponse)>>,
 }
 
@@ -74,9 +82,13 @@ impl Invoke for InProcessWorker {
         let mut context = Context::default();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
-        let response = worker::handle(&self.worker, LambdaEvent::new(event.clone(), context))
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let response = worker::handle(
+            &self.worker,
+            self.max_receive_count,
+            LambdaEvent::new(event.clone(), context),
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
         self.events.lock().unwrap().push((event, response.clone()));
         Ok(response)
     }
@@ -114,7 +126,11 @@ impl TestApp {
         let source = self.event_source(10).await;
         for _ in 0..1000 {
             let outcome = source.poll(&self.worker).await.expect("poll the queue");
-            assert_eq!(outcome.failed, 0, "no message should fail here");
+            assert_eq!(
+                outcome.failed, 0,
+                "no message should fail here: {:?}",
+                outcome.bodies
+            );
             if outcome.bodies.is_empty() && self.queue_depth().await == 0 {
                 return;
             }
@@ -128,7 +144,7 @@ impl TestApp {
             .expect("read SES's outbox")
     }
 
-    /// Receives everything on the jobs queue (hiding it for the rest of the test).
+    /// Takes everything off the jobs queue (receives and deletes it).
     pub async fn drain_queue(&self) -> Vec<String> {
         let mut bodies = Vec::new();
         loop {
@@ -145,7 +161,16 @@ impl TestApp {
             if messages.is_empty() {
                 return bodies;
             }
-            bodies.extend(messages.into_iter().filter_map(|message| message.body));
+            for message in messages {
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.stack.queue_url)
+                    .set_receipt_handle(message.receipt_handle)
+                    .send()
+                    .await
+                    .expect("delete from the jobs queue");
+                bodies.extend(message.body);
+            }
         }
     }
 

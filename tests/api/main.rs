@@ -3,4 +3,5 @@
 mod accept;
 mod events;
 mod helpers;
+mod status;
 mod worker;

@@ -26,7 +26,7 @@ fn subscriber(email: String, preferences: &[(&str, Status)], unsubscribe_all: bo
 }
 
 /// 260 contacts in six preference patterns, over three topics.
-fn mixed_audience() -> Audience {
+pub fn mixed_audience() -> Audience {
     use Status::{OptIn, OptOut};
     let subscribers = (0..260)
         .map(|i| {
@@ -58,7 +58,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("rust", "Crate of the week"),
 ];
 
-fn newsletter_body() -> String {
+pub fn newsletter_body() -> String {
     let sections: Vec<_> = SECTIONS
         .iter()
         .map(|(topic, title)| json!({"topic": topic, "title": title, "body": format!("About *{topic}*.")}))

@@ -1,5 +1,6 @@
 """template.yaml: clean under cfn-lint (+ serverless rules) and `sam validate --lint`, and right where
-those linters do not look (queue timing, SQS event limits, redrive, IAM auth on every route, build shape).
+those linters do not look (queue timing, SQS event limits, redrive, the routes and IAM auth on every route,
+the task table, build shape).
 
 Each check_* returns a list of problems: empty on the real template, and each problem is shown to be
 caught on a mutated copy (MUTATIONS).
@@ -51,8 +52,16 @@ def ref_id(value):
     return None
 
 
+def variables(props):
+    """A function's environment variables."""
+    return props.get("Environment", {}).get("Variables", {})
+
+
 def number(t, value):
-    """A literal number, or the Default of the parameter it refers to."""
+    """A literal number, the Default of the parameter it refers to, or the Mappings entry it finds."""
+    if isinstance(value, dict) and "Fn::FindInMap" in value:
+        mapping, key, attribute = value["Fn::FindInMap"]
+        value = t["Mappings"][mapping][key][attribute]
     name = ref_id(value)
     return int(t["Parameters"][name]["Default"] if name in t.get("Parameters", {}) else value)
 
@@ -88,7 +97,7 @@ def check_sqs_events(t):
             problems.append(f"{where}: FunctionResponseTypes lacks ReportBatchItemFailures")
 
         concurrency = ref_id(event.get("ScalingConfig", {}).get("MaximumConcurrency"))
-        env = ref_id(props.get("Environment", {}).get("Variables", {}).get("MAX_CONCURRENCY"))
+        env = ref_id(variables(props).get("MAX_CONCURRENCY"))
         parameter = t.get("Parameters", {}).get(concurrency)
         if parameter is None or env != concurrency:
             problems.append(f"{where}: ScalingConfig.MaximumConcurrency and MAX_CONCURRENCY must !Ref the same parameter")
@@ -96,10 +105,18 @@ def check_sqs_events(t):
             problems.append(f"{where}: parameter {concurrency} must be bounded to AWS's 2..1000")
 
         queue = ref_id(event["Queue"])
+        queue_props = t["Resources"][queue]["Properties"]
         timeout = number(t, props.get("Timeout", 3))
-        visibility = number(t, t["Resources"][queue]["Properties"].get("VisibilityTimeout", 30))
+        visibility = number(t, queue_props.get("VisibilityTimeout", 30))
         if visibility < 6 * timeout:
             problems.append(f"{queue}: VisibilityTimeout {visibility} < 6 x {name} Timeout {timeout}")
+
+        # The function knows which receive is the last before the dead-letter queue.
+        receives = number(t, queue_props.get("RedrivePolicy", {}).get("maxReceiveCount", 0))
+        told = variables(props).get("MAX_RECEIVE_COUNT")
+        told = None if told is None else number(t, told)
+        if told != receives:
+            problems.append(f"{name}: MAX_RECEIVE_COUNT {told} != {queue} RedrivePolicy maxReceiveCount {receives}")
     return problems
 
 
@@ -109,8 +126,9 @@ def check_queues(t):
     for _, _, event in events(t, "SQS"):
         queue = ref_id(event["Queue"])
         redrive = t["Resources"][queue]["Properties"].get("RedrivePolicy", {})
-        if redrive.get("maxReceiveCount") != 5:
-            problems.append(f"{queue}: RedrivePolicy maxReceiveCount is {redrive.get('maxReceiveCount')}, want 5")
+        receives = number(t, redrive.get("maxReceiveCount", 0))
+        if receives != 5:
+            problems.append(f"{queue}: RedrivePolicy maxReceiveCount is {receives}, want 5")
         dlq = ref_id(redrive.get("deadLetterTargetArn"))
         if dlq not in t["Resources"]:
             problems.append(f"{queue}: RedrivePolicy names no dead-letter queue of this template")
@@ -136,18 +154,56 @@ def check_http_api_auth(t):
         if "DefinitionBody" in props or "DefinitionUri" in props:
             problems.append(f"{name}: routes from an OpenAPI definition are not checked; declare them as events")
     for name, _, event in events(t, "HttpApi"):
+        route = f"{event.get('Method')} {event.get('Path')}"
         if ref_id(event.get("ApiId")) not in apis:
-            problems.append(f"{name}: HttpApi event without ApiId makes an implicit API, not IAM-authenticated")
+            problems.append(f"{name}: route {route} without ApiId makes an implicit API, not IAM-authenticated")
         authorizer = event.get("Auth", {}).get("Authorizer", "AWS_IAM")
         if authorizer != "AWS_IAM":
-            problems.append(f"{name}: route {event.get('Method')} {event.get('Path')} uses authorizer {authorizer}")
+            problems.append(f"{name}: route {route} uses authorizer {authorizer}")
     for name, route in resources(t, "AWS::ApiGatewayV2::Route").items():
         if route["Properties"].get("AuthorizationType") != "AWS_IAM":
             problems.append(f"{name}: AuthorizationType is not AWS_IAM")
     return problems
 
 
-CHECKS = [check_functions, check_sqs_events, check_queues, check_http_api_auth]
+# Every route of the API and the function serving it; check_http_api_auth covers their auth.
+ROUTES = {"POST /newsletters": "AcceptFunction", "GET /newsletters/{task_id}": "AcceptFunction"}
+
+
+def check_routes(t):
+    """The API serves exactly ROUTES, each by its function."""
+    served = {f"{event.get('Method', '').upper()} {event.get('Path')}": name for name, _, event in events(t, "HttpApi")}
+    return [
+        f"route {route}: served by {served.get(route)}, want {ROUTES.get(route)}"
+        for route in sorted(ROUTES.keys() | served.keys())
+        if served.get(route) != ROUTES.get(route)
+    ]
+
+
+def check_tables(t):
+    """Task status and exactly-once records: on demand, expiring on expires_at, recoverable, encrypted, and
+    every function is told the table's name."""
+    problems = []
+    tables = resources(t, "AWS::DynamoDB::Table")
+    for name, table in tables.items():
+        props = table["Properties"]
+        if props.get("BillingMode") != "PAY_PER_REQUEST":
+            problems.append(f"{name}: BillingMode is {props.get('BillingMode')!r}, want 'PAY_PER_REQUEST'")
+        ttl = props.get("TimeToLiveSpecification", {})
+        if ttl.get("AttributeName") != "expires_at" or ttl.get("Enabled") is not True:
+            problems.append(f"{name}: TimeToLiveSpecification must be enabled on expires_at, is {ttl}")
+        if props.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is not True:
+            problems.append(f"{name}: point-in-time recovery is not enabled")
+        if props.get("SSESpecification", {}).get("SSEEnabled") is not True:
+            problems.append(f"{name}: SSESpecification.SSEEnabled is not true")
+    for name, function in resources(t, "AWS::Serverless::Function").items():
+        value = variables(function_props(t, function)).get("TABLE_NAME")
+        if not isinstance(value, dict) or value.get("Ref") not in tables:
+            problems.append(f"{name}: TABLE_NAME is {value}, want !Ref to a table of this template")
+    return problems
+
+
+CHECKS = [check_functions, check_sqs_events, check_queues, check_http_api_auth, check_routes, check_tables]
 
 
 def problems(t):
@@ -187,7 +243,10 @@ def test_template_passes(template, check):
 
 WORKER = "Resources.WorkerFunction.Properties"
 JOBS_EVENT = f"{WORKER}.Events.Jobs.Properties"
-ACCEPT_EVENT = "Resources.AcceptFunction.Properties.Events.PostNewsletter.Properties"
+ACCEPT = "Resources.AcceptFunction.Properties"
+ACCEPT_EVENT = f"{ACCEPT}.Events.PostNewsletter.Properties"
+GET_EVENT = f"{ACCEPT}.Events.GetNewsletter.Properties"
+TABLE = "Resources.TasksTable.Properties"
 DELETE = object()
 
 # name: (edits as {dotted path: new value or DELETE}, text expected in one of the problems)
@@ -212,6 +271,15 @@ MUTATIONS = {
     ),
     "concurrency unbounded": ({"Parameters.WorkerMaxConcurrency.MaxValue": DELETE}, "2..1000"),
     "redrive after 3": ({"Resources.JobsQueue.Properties.RedrivePolicy.maxReceiveCount": 3}, "maxReceiveCount is 3"),
+    "redrive constant 3": ({"Mappings.Constants.JobsQueue.MaxReceiveCount": 3}, "maxReceiveCount is 3"),
+    "worker told 4 receives": (
+        {f"{WORKER}.Environment.Variables.MAX_RECEIVE_COUNT": 4},
+        "WorkerFunction: MAX_RECEIVE_COUNT 4 != JobsQueue RedrivePolicy maxReceiveCount 5",
+    ),
+    "worker not told receives": (
+        {f"{WORKER}.Environment.Variables.MAX_RECEIVE_COUNT": DELETE},
+        "MAX_RECEIVE_COUNT None",
+    ),
     "dlq keeps 4 days": ({"Resources.JobsDeadLetterQueue.Properties.MessageRetentionPeriod": 345600}, "14 days"),
     "dlq unencrypted": (
         {"Resources.JobsDeadLetterQueue.Properties.SqsManagedSseEnabled": DELETE},
@@ -220,8 +288,37 @@ MUTATIONS = {
     "route opted out of IAM": ({f"{ACCEPT_EVENT}.Auth": {"Authorizer": "NONE"}}, "uses authorizer NONE"),
     "api without IAM default": ({"Resources.Api.Properties.Auth.DefaultAuthorizer": DELETE}, "DefaultAuthorizer"),
     "implicit api": ({f"{ACCEPT_EVENT}.ApiId": DELETE}, "implicit API"),
+    "GET route opted out of IAM": (
+        {f"{GET_EVENT}.Auth": {"Authorizer": "NONE"}},
+        "route GET /newsletters/{task_id} uses authorizer NONE",
+    ),
+    "GET route on implicit api": ({f"{GET_EVENT}.ApiId": DELETE}, "route GET /newsletters/{task_id} without ApiId"),
+    "no GET route": (
+        {f"{ACCEPT}.Events.GetNewsletter": DELETE},
+        "route GET /newsletters/{task_id}: served by None, want AcceptFunction",
+    ),
+    "GET route moved": (
+        {f"{GET_EVENT}.Path": "/newsletters/{id}"},
+        "route GET /newsletters/{id}: served by AcceptFunction, want None",
+    ),
+    "table provisioned": ({f"{TABLE}.BillingMode": "PROVISIONED"}, "BillingMode is 'PROVISIONED'"),
+    "ttl disabled": ({f"{TABLE}.TimeToLiveSpecification.Enabled": False}, "TimeToLiveSpecification must be enabled"),
+    "ttl on other attribute": (
+        {f"{TABLE}.TimeToLiveSpecification.AttributeName": "ttl"},
+        "TimeToLiveSpecification must be enabled on expires_at",
+    ),
+    "no point-in-time recovery": ({f"{TABLE}.PointInTimeRecoverySpecification": DELETE}, "point-in-time recovery"),
+    "table unencrypted": ({f"{TABLE}.SSESpecification.SSEEnabled": False}, "TasksTable: SSESpecification"),
+    "worker without table": (
+        {f"{WORKER}.Environment.Variables.TABLE_NAME": DELETE},
+        "WorkerFunction: TABLE_NAME is None",
+    ),
+    "accept given the table arn": (
+        {f"{ACCEPT}.Environment.Variables.TABLE_NAME": {"Fn::GetAtt": ["TasksTable", "Arn"]}},
+        "AcceptFunction: TABLE_NAME is",
+    ),
     "x86_64": ({"Globals.Function.Architectures": ["x86_64"]}, "Architectures is ['x86_64']"),
-    "old runtime": ({"Resources.AcceptFunction.Properties.Runtime": "provided.al2"}, "Runtime is 'provided.al2'"),
+    "old runtime": ({f"{ACCEPT}.Runtime": "provided.al2"}, "Runtime is 'provided.al2'"),
     "no binary": ({"Resources.WorkerFunction.Metadata.BuildProperties.Binary": DELETE}, "WorkerFunction: Metadata"),
 }
 

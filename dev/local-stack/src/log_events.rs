@@ -34,12 +34,24 @@ pub fn readable(line: &str) -> Option<String> {
             }
         ),
         "chunk delivered" => format!(
-            "delivered  {task}: chunk {} (attempt {}): {} sent, {} rejected, {} owed",
+            "delivered  {task}: chunk {} (attempt {}): {} sent, {} rejected, {} owed{}",
             field("chunk"),
             field("attempt"),
             field("sent"),
             field("rejected"),
-            field("owed")
+            field("owed"),
+            match field("already_settled").as_str() {
+                "" | "0" => String::new(),
+                settled => format!(", {settled} already sent before (skipped)"),
+            }
+        ),
+        "task completed" => format!(
+            "completed  {task}: {}: {} planned, {} sent, {} skipped, {} failed",
+            field("status"),
+            field("planned"),
+            field("sent"),
+            field("skipped"),
+            field("failed")
         ),
         "reporting message failed" => format!(
             "failed     message {}: {} (SQS will retry it, then move it to the DLQ)",

@@ -3,15 +3,21 @@
 
 use crate::subscribers::Audience;
 use anyhow::Context;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 /// What to create. The defaults mirror `template.yaml`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub queue_name: String,
+    pub table_name: String,
     /// Seconds; the template sets 6× the worker timeout.
     pub visibility_timeout: u32,
-    /// Receives before SQS moves a message to the dead-letter queue.
+    /// Receives before SQS moves a message to the dead-letter queue (the worker's
+    /// `MAX_RECEIVE_COUNT` too).
     pub max_receive_count: u32,
     pub from_address: String,
     pub contact_list_name: String,
@@ -23,6 +29,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             queue_name: "newsletter-jobs".into(),
+            table_name: "newsletter-tasks".into(),
             visibility_timeout: 360,
             max_receive_count: 5,
             from_address: "newsletter@example.com".into(),
@@ -99,8 +106,47 @@ pub async fn provision(
         .seed(&ses, &settings.contact_list_name)
         .await?;
 
+    create_table(config, &settings.table_name).await?;
+
     Ok(Provisioned {
         queue_url,
         dead_letter_queue_url,
     })
+}
+
+/// The tasks table as the template defines it: string key `pk`, on demand, TTL on `expires_at`.
+async fn create_table(config: &aws_config::SdkConfig, name: &str) -> anyhow::Result<()> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+    dynamodb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await
+        .context("creating the tasks table")?;
+    dynamodb
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()?,
+        )
+        .send()
+        .await
+        .context("enabling TTL on the tasks table")?;
+    Ok(())
 }

@@ -45,6 +45,11 @@ impl LocalStack {
         env.extend(
             [
                 ("QUEUE_URL", provisioned.queue_url.clone()),
+                ("TABLE_NAME", options.settings.table_name.clone()),
+                (
+                    "MAX_RECEIVE_COUNT",
+                    options.settings.max_receive_count.to_string(),
+                ),
                 (
                     "CONTACT_LIST_NAME",
                     options.settings.contact_list_name.clone(),

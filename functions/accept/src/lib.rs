@@ -1,5 +1,6 @@
-//! HTTP adapter for accepting newsletters: route, check the media type, hand the body to the domain,
-//! and map the outcome to a `202` or an RFC 9457 problem.
+//! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id), and
+//! `GET /newsletters/{task_id}` tells how it is going. Routes, checks the media type and headers,
+//! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
 mod problem;
 
@@ -8,18 +9,24 @@ use lambda_http::{
     http::{Method, StatusCode, header},
 };
 use newsletter::{
-    TaskId,
+    IdempotencyKey, TaskId,
     queue::MessageQueue,
+    status::{StatusError, task_status},
     submit::{SubmitError, submit},
+    tasks::{IdempotencyStore, TaskRecord, TaskStore},
 };
 use problem::Problem;
 use serde::Serialize;
 
 pub const NEWSLETTERS_PATH: &str = "/newsletters";
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Seconds a client polling an unfinished task should wait before asking again.
+pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
 
 /// The accept function's state, built once at init and shared by every invocation.
-pub struct App<Q> {
+pub struct App<Q, S> {
     queue: Q,
+    store: S,
 }
 
 /// Everything a request can fail with, mapped to one HTTP problem each in [`Problem::from`].
@@ -27,12 +34,32 @@ pub struct App<Q> {
 pub enum AcceptError {
     #[error("no resource at this path")]
     NotFound,
-    #[error("method not allowed on {NEWSLETTERS_PATH}")]
-    MethodNotAllowed,
+    #[error("method not allowed here; allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+/// What a request asks for.
+enum Route<'a> {
+    Newsletters,
+    Task(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    match path.strip_prefix(NEWSLETTERS_PATH)? {
+        "" => Some(Route::Newsletters),
+        rest => rest
+            .strip_prefix('/')
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(Route::Task),
+    }
 }
 
 #[derive(Serialize)]
@@ -41,39 +68,66 @@ struct Accepted {
     status: &'static str,
 }
 
-impl<Q: MessageQueue> App<Q> {
-    pub fn new(queue: Q) -> Self {
-        Self { queue }
+impl<Q, S> App<Q, S>
+where
+    Q: MessageQueue,
+    S: TaskStore + IdempotencyStore,
+{
+    pub fn new(queue: Q, store: S) -> Self {
+        Self { queue, store }
     }
 
     /// Answers one request. Never fails: every outcome is an HTTP response.
     pub async fn handle(&self, request: Request) -> Response<Body> {
-        match self.accept(&request).await {
-            Ok(task_id) => accepted(task_id),
-            Err(err) => {
-                match &err {
-                    AcceptError::Submit(SubmitError::Queue(_)) => {} // logged with its task id
-                    rejected => tracing::info!(reason = %rejected, "request rejected"),
-                }
-                Problem::from(err).into_response()
+        // The raw path leaves out any API Gateway stage name, so routing is the same behind a REST
+        // API stage, an HTTP API, or a function URL.
+        let result = match route(request.raw_http_path()) {
+            Some(Route::Newsletters) if request.method() == Method::POST => {
+                self.accept(&request).await.map(accepted)
             }
-        }
+            Some(Route::Newsletters) => Err(AcceptError::MethodNotAllowed("POST")),
+            Some(Route::Task(id)) if request.method() == Method::GET => {
+                task_status(&self.store, id)
+                    .await
+                    .map(status)
+                    .map_err(Into::into)
+            }
+            Some(Route::Task(_)) => Err(AcceptError::MethodNotAllowed("GET")),
+            None => Err(AcceptError::NotFound),
+        };
+        result.unwrap_or_else(|err| {
+            if !matches!(
+                err,
+                AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_))
+            ) {
+                tracing::info!(reason = %err, "request rejected"); // failures are logged with their task
+            }
+            Problem::from(err).into_response()
+        })
     }
 
     async fn accept(&self, request: &Request) -> Result<TaskId, AcceptError> {
-        // The raw path leaves out any API Gateway stage name, so routing is the same behind a REST
-        // API stage, an HTTP API, or a function URL.
-        if request.raw_http_path() != NEWSLETTERS_PATH {
-            return Err(AcceptError::NotFound);
-        }
-        if request.method() != Method::POST {
-            return Err(AcceptError::MethodNotAllowed);
-        }
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
             return Err(AcceptError::UnsupportedMediaType);
         }
+        let key = match request.headers().get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) => {
+                let raw = value.to_str().unwrap_or_default();
+                Some(
+                    IdempotencyKey::parse(raw)
+                        .map_err(|invalid| AcceptError::InvalidIdempotencyKey(invalid.0))?,
+                )
+            }
+        };
         // lambda_http has already decoded a base64 body (`isBase64Encoded`) into bytes.
-        Ok(submit(&self.queue, request.body().as_ref()).await?)
+        Ok(submit(
+            &self.queue,
+            &self.store,
+            request.body().as_ref(),
+            key.as_ref(),
+        )
+        .await?)
     }
 }
 
@@ -105,6 +159,14 @@ fn accepted(task_id: TaskId) -> Response<Body> {
         &body,
         &[(header::LOCATION, format!("{NEWSLETTERS_PATH}/{task_id}"))],
     )
+}
+
+fn status(task: TaskRecord) -> Response<Body> {
+    let mut headers = vec![(header::CACHE_CONTROL, "no-store".to_owned())];
+    if !task.status.is_finished() {
+        headers.push((header::RETRY_AFTER, STATUS_RETRY_AFTER_SECS.to_string()));
+    }
+    json_response(StatusCode::OK, "application/json", &task, &headers)
 }
 
 fn json_response(

@@ -3,7 +3,7 @@
 use accept::App;
 use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
 use lambda_http::{Error, run, service_fn};
-use newsletter::{config, queue::SqsQueue};
+use newsletter::{config, dynamo::DynamoStore, queue::SqsQueue};
 use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
@@ -11,6 +11,7 @@ async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
 
     let queue_url = config::required("QUEUE_URL")?;
+    let table_name = config::required("TABLE_NAME")?;
     // The caller is waiting: bound the time a struggling SQS can hold a request before the 503.
     // Building the config and client makes no network call; credentials resolve on first use.
     let aws = aws_config::defaults(BehaviorVersion::latest())
@@ -22,7 +23,10 @@ async fn main() -> Result<(), Error> {
         )
         .load()
         .await;
-    let app = App::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url));
+    let app = App::new(
+        SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table_name),
+    );
 
     run(service_fn(|request| async {
         Ok::<_, Error>(app.handle(request).await)

@@ -1,15 +1,17 @@
 //! RFC 9457 problem details: the one place where errors become HTTP responses.
 
-use crate::{AcceptError, NEWSLETTERS_PATH, json_response};
+use crate::{AcceptError, json_response};
 use lambda_http::{
     Body, Response,
     http::{StatusCode, header},
 };
-use newsletter::{FieldError, submit::SubmitError};
+use newsletter::{FieldError, status::StatusError, submit::SubmitError};
 use serde::Serialize;
 
-/// Seconds a caller should wait before retrying after the queue failed.
-pub const QUEUE_RETRY_AFTER_SECS: u32 = 5;
+/// Seconds a caller should wait before retrying after a dependency failed.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+/// Seconds to wait for a concurrent request with the same Idempotency-Key to finish.
+pub const KEY_IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -58,15 +60,21 @@ impl From<AcceptError> for Problem {
             AcceptError::NotFound => {
                 Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", detail)
             }
-            AcceptError::MethodNotAllowed => Problem {
-                headers: vec![(header::ALLOW, "POST".into())],
+            AcceptError::MethodNotAllowed(allowed) => Problem {
+                headers: vec![(header::ALLOW, allowed.into())],
                 ..Problem::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method-not-allowed",
                     "Method Not Allowed",
-                    format!("{NEWSLETTERS_PATH} accepts only POST"),
+                    detail,
                 )
             },
+            AcceptError::InvalidIdempotencyKey(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+                detail,
+            ),
             AcceptError::UnsupportedMediaType => Problem {
                 headers: vec![(
                     header::HeaderName::from_static("accept-post"),
@@ -101,13 +109,55 @@ impl From<AcceptError> for Problem {
                     detail,
                 )
             },
-            AcceptError::Submit(SubmitError::Queue(_)) => Problem {
-                headers: vec![(header::RETRY_AFTER, QUEUE_RETRY_AFTER_SECS.to_string())],
+            AcceptError::Submit(SubmitError::KeyReused) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                detail,
+            ),
+            AcceptError::Submit(SubmitError::KeyInFlight) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    KEY_IN_FLIGHT_RETRY_AFTER_SECS.to_string(),
+                )],
+                ..Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency-key-in-flight",
+                    "Conflict",
+                    detail,
+                )
+            },
+            AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_)) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+                )],
                 ..Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "queue-unavailable",
                     "Service Unavailable",
                     "the newsletter could not be queued and was not accepted; retry later".into(),
+                )
+            },
+            AcceptError::Status(StatusError::MalformedId(_)) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-task-id",
+                "Malformed task id",
+                detail,
+            ),
+            AcceptError::Status(StatusError::NotFound(_)) => {
+                Problem::new(StatusCode::NOT_FOUND, "task-not-found", "Not Found", detail)
+            }
+            AcceptError::Status(StatusError::Store(_)) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+                )],
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Service Unavailable",
+                    "the task status could not be read; retry later".into(),
                 )
             },
         }

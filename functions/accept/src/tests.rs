@@ -3,11 +3,18 @@
 
 use super::*;
 use lambda_http::http::{self, HeaderValue};
-use newsletter::{fakes::RecordingQueue, message::Message};
+use newsletter::{
+    TaskId,
+    fakes::{MemoryStore, RecordingQueue},
+    message::Message,
+    tasks::{TaskStatus, TaskStore},
+};
 use serde_json::{Value, json};
 
-fn app() -> App<RecordingQueue> {
-    App::new(RecordingQueue::default())
+type TestApp = App<RecordingQueue, MemoryStore>;
+
+fn app() -> TestApp {
+    App::new(RecordingQueue::default(), MemoryStore::default())
 }
 
 fn request(method: &str, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request {
@@ -41,7 +48,7 @@ struct Answer {
     body: Value,
 }
 
-async fn send(app: &App<RecordingQueue>, request: Request) -> Answer {
+async fn send(app: &TestApp, request: Request) -> Answer {
     let response = app.handle(request).await;
     let content_type = response.headers()[header::CONTENT_TYPE]
         .to_str()
@@ -348,7 +355,14 @@ async fn other_methods_are_405_with_allow() {
 
 #[tokio::test]
 async fn unknown_paths_are_404() {
-    for path in ["/", "/newsletter", "/newsletters/extra", "/admin"] {
+    for path in [
+        "/",
+        "/newsletter",
+        "/newslettersx",
+        "/newsletters/a/b",
+        "/newsletters/",
+        "/admin",
+    ] {
         let answer = problem(request(
             "POST",
             path,
@@ -363,12 +377,19 @@ async fn unknown_paths_are_404() {
 
 #[tokio::test]
 async fn queue_failure_is_503_with_retry_after_and_never_202() {
-    let app = App::new(RecordingQueue {
-        fail: true,
-        ..Default::default()
-    });
+    let app = App::new(
+        RecordingQueue {
+            fail: true,
+            ..Default::default()
+        },
+        MemoryStore::default(),
+    );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
+    assert!(
+        app.store.tasks.lock().unwrap().is_empty(),
+        "the task of a refused job is forgotten"
+    );
     assert_eq!(answer.content_type, "application/problem+json");
     assert_eq!(
         answer.headers[header::RETRY_AFTER],
@@ -382,5 +403,219 @@ async fn queue_failure_is_503_with_retry_after_and_never_202() {
             "status": 503,
             "detail": "the newsletter could not be queued and was not accepted; retry later"
         })
+    );
+}
+
+fn with_key(key: &str, body: &str) -> Request {
+    let mut request = post_json(body);
+    request
+        .headers_mut()
+        .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+    request
+}
+
+fn get(path: &str) -> Request {
+    request("GET", path, None, Body::Empty)
+}
+
+#[tokio::test]
+async fn an_accepted_newsletter_has_a_status_record() {
+    let app = app();
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+    let task_id: TaskId = answer.body["task_id"].as_str().unwrap().parse().unwrap();
+    let task = app.store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Accepted);
+}
+
+#[tokio::test]
+async fn status_of_a_task_in_progress_says_when_to_look_again() {
+    let app = app();
+    let accepted = send(&app, post_json(&valid_body().to_string())).await;
+    let location = accepted.headers[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let answer = send(&app, get(&location)).await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "application/json");
+    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(
+        answer.body,
+        json!({
+            "task_id": accepted.body["task_id"],
+            "status": "accepted",
+            "created_at": "2026-11-25T10:00:00Z",
+            "updated_at": "2026-11-25T10:00:00Z",
+            "recipients": {"planned": 0, "sent": 0, "skipped": 0, "failed": 0}
+        })
+    );
+}
+
+#[tokio::test]
+async fn status_of_a_finished_task_has_no_retry_after() {
+    let app = app();
+    let accepted = send(&app, post_json(&valid_body().to_string())).await;
+    let task_id: TaskId = accepted.body["task_id"].as_str().unwrap().parse().unwrap();
+    app.store
+        .finish(task_id, TaskStatus::Completed)
+        .await
+        .unwrap();
+
+    let answer = send(&app, get(&format!("/newsletters/{task_id}"))).await;
+
+    assert_eq!(answer.body["status"], "completed");
+    assert!(answer.headers.get(header::RETRY_AFTER).is_none());
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_task_ids() {
+    let unknown = problem(get(&format!("/newsletters/{}", TaskId::generate()))).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.body["type"],
+        "urn:newsletter-dispatch:problem:task-not-found"
+    );
+
+    let malformed = problem(get("/newsletters/not-a-task")).await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(
+        malformed.body,
+        json!({
+            "type": "urn:newsletter-dispatch:problem:malformed-task-id",
+            "title": "Malformed task id",
+            "status": 400,
+            "detail": "'not-a-task' is not a task id (a UUID)"
+        })
+    );
+    let wrong_method = problem(request(
+        "DELETE",
+        &format!("/newsletters/{}", TaskId::generate()),
+        None,
+        Body::Empty,
+    ))
+    .await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.headers[header::ALLOW], "GET");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_is_one_task_and_one_job() {
+    let app = app();
+    let body = valid_body().to_string();
+    let first = send(&app, with_key("order-42", &body)).await;
+    // Same newsletter, formatted differently: still the same request.
+    let reformatted = serde_json::to_string_pretty(&valid_body()).unwrap();
+    let second = send(&app, with_key("order-42", &reformatted)).await;
+
+    assert_eq!((first.status, second.status), (202, 202));
+    assert_eq!(first.body["task_id"], second.body["task_id"]);
+    assert_eq!(
+        first.headers[header::LOCATION],
+        second.headers[header::LOCATION]
+    );
+    assert_eq!(app.queue.sent.lock().unwrap().len(), 1);
+    assert_eq!(app.store.tasks.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_newsletter_is_422() {
+    let app = app();
+    send(&app, with_key("order-42", &valid_body().to_string())).await;
+    let mut other = valid_body();
+    other["subject"] = json!("Another digest");
+
+    let answer = send(&app, with_key("order-42", &other.to_string())).await;
+
+    assert_eq!(answer.status, 422);
+    assert_eq!(
+        answer.body["type"],
+        "urn:newsletter-dispatch:problem:idempotency-key-reused"
+    );
+    assert_eq!(app.queue.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_still_being_processed_is_409() {
+    let app = app();
+    let body = valid_body().to_string();
+    send(&app, with_key("order-42", &body)).await;
+    // As if the first request were still between reserving the key and queueing its job.
+    app.store
+        .keys
+        .lock()
+        .unwrap()
+        .get_mut("order-42")
+        .unwrap()
+        .2 = false;
+
+    let answer = send(&app, with_key("order-42", &body)).await;
+
+    assert_eq!(answer.status, 409);
+    assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    assert_eq!(
+        app.queue.sent.lock().unwrap().len(),
+        1,
+        "only the first request's job"
+    );
+}
+
+#[tokio::test]
+async fn invalid_idempotency_keys_are_400() {
+    for key in ["", &"k".repeat(256), "with space"] {
+        let mut request = post_json(&valid_body().to_string());
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        let answer = problem(request).await;
+        assert_eq!(answer.status, 400, "{key:?}");
+        assert_eq!(
+            answer.body["type"],
+            "urn:newsletter-dispatch:problem:invalid-idempotency-key"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_gives_the_key_back() {
+    let app = App::new(
+        RecordingQueue {
+            fail: true,
+            ..Default::default()
+        },
+        MemoryStore::default(),
+    );
+    assert_eq!(
+        send(&app, with_key("order-42", &valid_body().to_string()))
+            .await
+            .status,
+        503
+    );
+    assert!(
+        app.store.keys.lock().unwrap().is_empty(),
+        "a retry with the key may try again"
+    );
+}
+
+#[tokio::test]
+async fn a_store_outage_is_503_and_nothing_is_queued() {
+    let app = App::new(
+        RecordingQueue::default(),
+        MemoryStore {
+            fail: true,
+            ..Default::default()
+        },
+    );
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    assert!(app.queue.sent.lock().unwrap().is_empty());
+    assert_eq!(
+        send(&app, get(&format!("/newsletters/{}", TaskId::generate())))
+            .await
+            .status,
+        503
     );
 }

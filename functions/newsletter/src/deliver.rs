@@ -1,15 +1,16 @@
 //! Sending a delivery message's emails: concurrently, under the account's send rate, stopping
 //! before the invocation's deadline, and sorting out who is still owed an email.
 
-use crate::domain::{EmailAddress, Topic};
+use crate::domain::{EmailAddress, TaskId, Topic};
 use crate::message::{Delivery, Recipient};
 use crate::render::{RenderedEmail, render};
+use crate::tasks::{Claim, ClaimStore, MAX_SETTLEMENTS, Settlement, StoreError};
 use futures::{StreamExt, stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why one email was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,9 +62,25 @@ impl SendPolicy {
 pub struct DeliveryReport {
     pub sent: usize,
     pub rejected: usize,
-    /// Recipients still owed the email: retryable failures, and those not tried before the deadline.
+    /// Recipients an earlier attempt had already settled: skipped, not sent again.
+    pub already_settled: usize,
+    /// Recipients still owed the email: retryable failures, those another invocation is sending
+    /// to, and those not tried before the deadline.
     pub owed: Vec<Recipient>,
 }
+
+impl DeliveryReport {
+    /// Whether anything was settled, so that re-enqueueing the owed ones makes progress.
+    pub fn made_progress(&self) -> bool {
+        self.sent + self.rejected + self.already_settled > 0
+    }
+}
+
+/// The settlement store failed mid-way; emails sent since the last settlement may be sent again
+/// when the message is retried.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DeliveryError(#[from] pub StoreError);
 
 pub struct Sender<M> {
     mailer: M,
@@ -72,9 +89,17 @@ pub struct Sender<M> {
 }
 
 enum Outcome {
-    Sent,
-    Rejected,
+    Settle(Settlement),
+    AlreadySettled,
+    /// Owed without holding a claim (busy elsewhere, out of time, or the store failed).
     Owed,
+}
+
+/// When an invocation must stop starting sends, and when its claims lapse.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub stop_sending: Instant,
+    pub claims_lapse: SystemTime,
 }
 
 impl<M: Mailer> Sender<M> {
@@ -97,8 +122,14 @@ impl<M: Mailer> Sender<M> {
         &self.mailer
     }
 
-    /// Sends to every recipient of `delivery` that can be reached before `deadline`.
-    pub async fn deliver(&self, delivery: &Delivery, deadline: Instant) -> DeliveryReport {
+    /// Sends to every recipient of `delivery` that can be reached before the deadline, each at
+    /// most once: a recipient is claimed before its send and settled after it, in batches.
+    pub async fn deliver(
+        &self,
+        delivery: &Delivery,
+        claims: &impl ClaimStore,
+        deadline: Deadline,
+    ) -> Result<DeliveryReport, DeliveryError> {
         // Many recipients share a set of topics: render each distinct email once.
         let mut emails: HashMap<&[Topic], RenderedEmail> = HashMap::new();
         for recipient in &delivery.recipients {
@@ -116,64 +147,88 @@ impl<M: Mailer> Sender<M> {
             .iter()
             .enumerate()
             .map(|(index, recipient)| {
-                self.send_one(
-                    index,
-                    recipient,
-                    &emails[recipient.topics.as_slice()],
-                    deadline,
-                )
+                let email = &emails[recipient.topics.as_slice()];
+                self.send_one(delivery.task_id, index, recipient, email, claims, deadline)
             })
             .collect();
-        let outcomes: Vec<(usize, Outcome)> = stream::iter(sends)
-            .buffer_unordered(self.max_in_flight)
-            .collect()
-            .await;
+        let mut outcomes = stream::iter(sends).buffer_unordered(self.max_in_flight);
 
         let mut report = DeliveryReport::default();
         let mut owed_indexes = Vec::new();
-        for (index, outcome) in outcomes {
+        let mut unsettled = Vec::new();
+        while let Some((index, outcome)) = outcomes.next().await {
             match outcome {
-                Outcome::Sent => report.sent += 1,
-                Outcome::Rejected => report.rejected += 1,
+                Outcome::Settle(settlement) => {
+                    match &settlement {
+                        Settlement::Sent(_) => report.sent += 1,
+                        Settlement::Rejected(_) => report.rejected += 1,
+                        Settlement::Released(_) => owed_indexes.push(index),
+                    }
+                    unsettled.push(settlement);
+                    if unsettled.len() == MAX_SETTLEMENTS {
+                        claims
+                            .settle(delivery.task_id, &std::mem::take(&mut unsettled))
+                            .await?;
+                    }
+                }
+                Outcome::AlreadySettled => report.already_settled += 1,
                 Outcome::Owed => owed_indexes.push(index),
             }
         }
+        claims.settle(delivery.task_id, &unsettled).await?;
+
         owed_indexes.sort_unstable();
         report.owed = owed_indexes
             .into_iter()
             .map(|index| delivery.recipients[index].clone())
             .collect();
-        report
+        Ok(report)
     }
 
     async fn send_one(
         &self,
+        task_id: TaskId,
         index: usize,
         recipient: &Recipient,
         email: &RenderedEmail,
-        deadline: Instant,
+        claims: &impl ClaimStore,
+        deadline: Deadline,
     ) -> (usize, Outcome) {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline.stop_sending {
             return (index, Outcome::Owed);
         }
+        match claims
+            .claim(task_id, &recipient.email, deadline.claims_lapse)
+            .await
+        {
+            Ok(Claim::Acquired) => {}
+            Ok(Claim::Sent | Claim::Rejected) => return (index, Outcome::AlreadySettled),
+            Ok(Claim::Busy) => return (index, Outcome::Owed),
+            Err(err) => {
+                tracing::warn!(error = %err, "claim failed; recipient stays owed");
+                return (index, Outcome::Owed);
+            }
+        }
+        let address = recipient.email.clone();
         self.limiter.until_ready().await;
-        if Instant::now() >= deadline {
-            return (index, Outcome::Owed);
+        if Instant::now() >= deadline.stop_sending {
+            return (index, Outcome::Settle(Settlement::Released(address)));
         }
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
             _ => None,
         };
-        match self.mailer.send(&recipient.email, email, topic).await {
-            Ok(()) => (index, Outcome::Sent),
+        let settlement = match self.mailer.send(&recipient.email, email, topic).await {
+            Ok(()) => Settlement::Sent(address),
             Err(SendError::Permanent(reason)) => {
                 tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
-                (index, Outcome::Rejected)
+                Settlement::Rejected(address)
             }
             Err(SendError::Transient(reason)) => {
                 tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry");
-                (index, Outcome::Owed)
+                Settlement::Released(address)
             }
-        }
+        };
+        (index, Outcome::Settle(settlement))
     }
 }

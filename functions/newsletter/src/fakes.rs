@@ -4,13 +4,19 @@
 use crate::audience::TopicDefaults;
 use crate::deliver::{Mailer, SendError};
 use crate::directory::{ContactDirectory, ContactPage, DirectoryError};
+use crate::domain::TaskId;
 use crate::domain::{EmailAddress, Topic};
 use crate::message::Message;
 use crate::queue::{MessageQueue, QueueError};
 use crate::render::RenderedEmail;
-use std::collections::HashMap;
+use crate::tasks::{
+    Claim, ClaimStore, IdempotencyStore, PageCounts, PartFailure, Recipients, Reservation,
+    Settlement, StoreError, TaskRecord, TaskStatus, TaskStore,
+};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 /// Records what is sent; refuses everything when `fail` is set.
 #[derive(Debug, Default)]
@@ -122,5 +128,225 @@ impl Mailer for RecordingMailer {
             .unwrap()
             .push((to.clone(), email.clone(), topic.cloned()));
         Ok(())
+    }
+}
+
+/// The task, idempotency and claim records in memory, with the same conditions as the DynamoDB
+/// store (one writer wins; claims lapse; pages count once).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pub tasks: Mutex<HashMap<TaskId, TaskRecord>>,
+    pub keys: Mutex<HashMap<String, (TaskId, String, bool)>>,
+    pub claims: Mutex<HashMap<(TaskId, String), (ClaimState, SystemTime)>>,
+    pub pages: Mutex<HashSet<(TaskId, u32)>>,
+    /// Makes every call fail, as an unreachable table would.
+    pub fail: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    Sending,
+    Sent,
+    Rejected,
+}
+
+impl MemoryStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail {
+            return Err(StoreError("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    fn update(
+        &self,
+        task_id: TaskId,
+        change: impl FnOnce(&mut TaskRecord),
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let mut tasks = self.tasks.lock().unwrap();
+        let task = tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| StoreError(format!("no task {task_id}")))?;
+        change(task);
+        Ok(())
+    }
+}
+
+impl TaskStore for MemoryStore {
+    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+        self.check()?;
+        let record = TaskRecord {
+            task_id,
+            status: TaskStatus::Accepted,
+            created_at: "2026-11-25T10:00:00Z".into(),
+            updated_at: "2026-11-25T10:00:00Z".into(),
+            recipients: Recipients::default(),
+            planning_done: false,
+            failures: Vec::new(),
+        };
+        self.tasks.lock().unwrap().insert(task_id, record);
+        Ok(())
+    }
+
+    async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
+        self.check()?;
+        self.tasks.lock().unwrap().remove(&task_id);
+        Ok(())
+    }
+
+    async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.check()?;
+        Ok(self.tasks.lock().unwrap().get(&task_id).cloned())
+    }
+
+    async fn record_page(&self, task_id: TaskId, counts: PageCounts) -> Result<(), StoreError> {
+        self.check()?;
+        if !self.pages.lock().unwrap().insert((task_id, counts.page)) {
+            return Ok(());
+        }
+        self.update(task_id, |task| {
+            task.recipients.planned += counts.planned;
+            task.recipients.skipped += counts.skipped;
+            task.recipients.failed += counts.failed;
+            task.planning_done = counts.last;
+            task.status = if counts.last {
+                TaskStatus::Sending
+            } else {
+                TaskStatus::Planning
+            };
+        })
+    }
+
+    async fn record_failure(
+        &self,
+        task_id: TaskId,
+        failure: PartFailure,
+        failed: u64,
+        stops_planning: bool,
+    ) -> Result<(), StoreError> {
+        self.update(task_id, |task| {
+            task.failures.push(failure);
+            task.recipients.failed += failed;
+            task.planning_done |= stops_planning;
+        })
+    }
+
+    async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
+        let mut moved = false;
+        self.update(task_id, |task| {
+            if !task.status.is_finished() {
+                task.status = status;
+                moved = true;
+            }
+        })?;
+        Ok(moved)
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    async fn reserve(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        task_id: TaskId,
+    ) -> Result<Reservation, StoreError> {
+        self.check()?;
+        let mut keys = self.keys.lock().unwrap();
+        if let Some((task_id, fingerprint, queued)) = keys.get(key) {
+            return Ok(Reservation::Existing {
+                task_id: *task_id,
+                fingerprint: fingerprint.clone(),
+                queued: *queued,
+            });
+        }
+        keys.insert(key.to_owned(), (task_id, fingerprint.to_owned(), false));
+        Ok(Reservation::New)
+    }
+
+    async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
+        self.check()?;
+        if let Some(entry) = self.keys.lock().unwrap().get_mut(key) {
+            entry.2 = true;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.keys.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
+        self.check()?;
+        Ok(self
+            .keys
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(task_id, fingerprint, queued)| Reservation::Existing {
+                task_id: *task_id,
+                fingerprint: fingerprint.clone(),
+                queued: *queued,
+            }))
+    }
+}
+
+impl ClaimStore for MemoryStore {
+    async fn claim(
+        &self,
+        task_id: TaskId,
+        recipient: &EmailAddress,
+        lapses: SystemTime,
+    ) -> Result<Claim, StoreError> {
+        self.check()?;
+        let mut claims = self.claims.lock().unwrap();
+        let key = (task_id, recipient.to_string());
+        match claims.get(&key) {
+            Some((ClaimState::Sent, _)) => Ok(Claim::Sent),
+            Some((ClaimState::Rejected, _)) => Ok(Claim::Rejected),
+            Some((ClaimState::Sending, lapse)) if *lapse >= SystemTime::now() => Ok(Claim::Busy),
+            _ => {
+                claims.insert(key, (ClaimState::Sending, lapses));
+                Ok(Claim::Acquired)
+            }
+        }
+    }
+
+    async fn settle(&self, task_id: TaskId, settlements: &[Settlement]) -> Result<(), StoreError> {
+        self.check()?;
+        let (mut sent, mut rejected) = (0, 0);
+        {
+            let mut claims = self.claims.lock().unwrap();
+            for settlement in settlements {
+                match settlement {
+                    Settlement::Sent(to) => {
+                        sent += 1;
+                        claims.insert(
+                            (task_id, to.to_string()),
+                            (ClaimState::Sent, SystemTime::now()),
+                        );
+                    }
+                    Settlement::Rejected(to) => {
+                        rejected += 1;
+                        claims.insert(
+                            (task_id, to.to_string()),
+                            (ClaimState::Rejected, SystemTime::now()),
+                        );
+                    }
+                    Settlement::Released(to) => {
+                        claims.remove(&(task_id, to.to_string()));
+                    }
+                }
+            }
+        }
+        if sent + rejected == 0 {
+            return Ok(());
+        }
+        self.update(task_id, |task| {
+            task.recipients.sent += sent;
+            task.recipients.failed += rejected;
+        })
     }
 }

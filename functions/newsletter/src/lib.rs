@@ -9,14 +9,17 @@ pub mod config;
 pub mod deliver;
 pub mod directory;
 pub mod domain;
+pub mod dynamo;
 pub mod message;
 pub mod planning;
 pub mod queue;
 pub mod render;
+pub mod status;
 pub mod submit;
+pub mod tasks;
 pub mod work;
 
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 
-pub use domain::{FieldError, Newsletter, TaskId};
+pub use domain::{FieldError, IdempotencyKey, Newsletter, TaskId};

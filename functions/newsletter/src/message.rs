@@ -91,12 +91,25 @@ struct VersionOnly {
     version: u64,
 }
 
+#[derive(Deserialize)]
+struct Salvage {
+    task_id: TaskId,
+    kind: Option<String>,
+}
+
 impl Message {
     pub fn task_id(&self) -> TaskId {
         match self {
             Message::Job(job) => job.task_id,
             Message::Delivery(delivery) => delivery.task_id,
         }
+    }
+
+    /// What can still be read from a body that does not decode: its task id, and whether it
+    /// claims to be a job.
+    pub fn salvage(body: &str) -> Option<(TaskId, bool)> {
+        let salvage: Salvage = serde_json::from_str(body).ok()?;
+        Some((salvage.task_id, salvage.kind.as_deref() == Some("job")))
     }
 
     pub fn encode(&self) -> String {

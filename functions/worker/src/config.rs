@@ -4,6 +4,11 @@ use newsletter::config::{self, ConfigError};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub queue_url: String,
+    /// The DynamoDB table of task status and recipient claims (`TABLE_NAME`).
+    pub table_name: String,
+    /// The jobs queue's redrive `maxReceiveCount` (`MAX_RECEIVE_COUNT`, default 5): a message
+    /// failing on that receive goes to the dead-letter queue, so its task is told.
+    pub max_receive_count: u32,
     pub contact_list_name: String,
     pub from_address: String,
     /// Emails per second for the whole SES account (`MAX_SEND_RATE`, default 14: the usual
@@ -21,6 +26,8 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let config = Self {
             queue_url: config::required("QUEUE_URL")?,
+            table_name: config::required("TABLE_NAME")?,
+            max_receive_count: config::parsed_or("MAX_RECEIVE_COUNT", 5)?,
             contact_list_name: config::required("CONTACT_LIST_NAME")?,
             from_address: config::required("FROM_ADDRESS")?,
             max_send_rate: config::parsed_or("MAX_SEND_RATE", 14.0)?,
@@ -44,6 +51,7 @@ impl Config {
         )?;
         positive("MAX_CONCURRENCY", config.max_concurrency > 0)?;
         positive("MAX_IN_FLIGHT", config.max_in_flight > 0)?;
+        positive("MAX_RECEIVE_COUNT", config.max_receive_count > 0)?;
         Ok(config)
     }
 }

@@ -13,17 +13,16 @@ use lambda_runtime::{Error, LambdaEvent};
 use newsletter::{
     deliver::{Mailer, SendPolicy, Sender},
     directory::ContactDirectory,
+    dynamo::DynamoStore,
     queue::{MessageQueue, SqsQueue},
-    work::Worker,
+    tasks::{ClaimStore, TaskStore},
+    work::{Invocation, Worker},
 };
 use ses::{SesContactList, SesMailer};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Time kept back from the invocation's deadline to re-enqueue owed recipients and report.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The worker as deployed: SQS for the queue, SES v2 for contacts and mail.
-pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer>;
+pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer, DynamoStore>;
 
 /// Builds the worker's clients once, at init. Makes no network call.
 pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
@@ -49,25 +48,42 @@ pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
                 config.max_in_flight,
             ),
         ),
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name),
     )
 }
 
 /// Processes a batch. Records run concurrently (they share the send-rate limiter); each failed
 /// record is reported by its message id, and a failure never affects its batch-mates.
-pub async fn handle<Q, D, M>(
-    worker: &Worker<Q, D, M>,
+///
+/// A record on its `max_receive_count`th receive is on its last attempt: if it fails, SQS moves
+/// it to the dead-letter queue, and the worker records that on its task first.
+pub async fn handle<Q, D, M, S>(
+    worker: &Worker<Q, D, M, S>,
+    max_receive_count: u32,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error>
 where
     Q: MessageQueue,
     D: ContactDirectory,
     M: Mailer,
+    S: TaskStore + ClaimStore,
 {
-    let deadline = sending_deadline(event.context.deadline);
+    let deadline = invocation_deadline(event.context.deadline);
     let outcomes = join_all(event.payload.records.iter().map(|record| async move {
         let body = record.body.as_deref().unwrap_or_default();
-        let result = worker.process(body, deadline).await;
-        (record.message_id.as_deref(), result)
+        let receives: u32 = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(1);
+        let invocation = Invocation {
+            deadline,
+            last_attempt: receives >= max_receive_count,
+        };
+        (
+            record.message_id.as_deref(),
+            worker.process(body, invocation).await,
+        )
     }))
     .await;
 
@@ -93,21 +109,16 @@ where
 /// Time to assume when the deadline is unusable: the template's worker timeout.
 const FALLBACK_TIME_LIMIT: Duration = Duration::from_secs(60);
 
-/// When to stop starting sends: the invocation's deadline (milliseconds since the epoch) less a
-/// margin, as an `Instant`.
-fn sending_deadline(deadline_ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
+/// The invocation's deadline, from the context's milliseconds since the epoch.
+fn invocation_deadline(deadline_ms: u64) -> SystemTime {
+    let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
     // Lambda always sends a deadline in the future. `cargo lambda watch` sends a duration
     // (600000) instead of a timestamp, which reads as long past: fall back to the timeout.
-    let remaining = if deadline_ms > now_ms {
-        Duration::from_millis(deadline_ms - now_ms)
+    if deadline > SystemTime::now() {
+        deadline
     } else {
-        FALLBACK_TIME_LIMIT
-    };
-    let margin = DEADLINE_MARGIN.min(remaining / 4);
-    Instant::now() + remaining.saturating_sub(margin)
+        SystemTime::now() + FALLBACK_TIME_LIMIT
+    }
 }
 
 #[cfg(test)]

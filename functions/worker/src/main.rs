@@ -22,5 +22,8 @@ async fn main() -> Result<(), Error> {
         .await;
     let worker = worker::build(&config, &aws);
 
-    run(service_fn(|event| worker::handle(&worker, event))).await
+    run(service_fn(|event| {
+        worker::handle(&worker, config.max_receive_count, event)
+    }))
+    .await
 }

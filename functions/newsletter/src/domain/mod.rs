@@ -2,6 +2,7 @@
 //! the edge, and the rest of the code trusts it.
 
 mod email_address;
+mod idempotency_key;
 mod newsletter;
 mod section;
 mod subject;
@@ -9,6 +10,7 @@ mod task_id;
 mod topic;
 
 pub use email_address::EmailAddress;
+pub use idempotency_key::IdempotencyKey;
 pub use newsletter::{FieldError, MAX_SECTIONS, Newsletter};
 pub use section::{MarkdownBody, Section, SectionTitle};
 pub use subject::Subject;

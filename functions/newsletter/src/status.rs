@@ -1,0 +1,24 @@
+//! Looking a task up by the id a caller holds.
+
+use crate::domain::TaskId;
+use crate::tasks::{StoreError, TaskRecord, TaskStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("'{0}' is not a task id (a UUID)")]
+    MalformedId(String),
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn task_status(store: &impl TaskStore, raw_id: &str) -> Result<TaskRecord, StatusError> {
+    let task_id: TaskId = raw_id
+        .parse()
+        .map_err(|_| StatusError::MalformedId(raw_id.chars().take(64).collect()))?;
+    store
+        .get(task_id)
+        .await?
+        .ok_or(StatusError::NotFound(task_id))
+}
