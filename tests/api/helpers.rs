@@ -144,6 +144,38 @@ impl TestApp {
             .expect("read SES's outbox")
     }
 
+    /// Everyone SES recorded an email for, sorted, once per email.
+    pub async fn recipients(&self) -> Vec<String> {
+        let mut recipients: Vec<String> = self
+            .sent_emails()
+            .await
+            .into_iter()
+            .flat_map(|email| email.destinations.to_addresses)
+            .collect();
+        recipients.sort();
+        recipients
+    }
+
+    /// Feeds the worker from the queue until the dead-letter queue holds a message; returns every
+    /// body handed to the worker on the way.
+    pub async fn run_worker_until_something_is_dead_lettered(&self) -> Vec<String> {
+        let source = self.event_source(10).await;
+        let started = std::time::Instant::now();
+        let mut handed = Vec::new();
+        while self.dead_letter_depth().await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "nothing reached the DLQ"
+            );
+            let outcome = source.poll(&self.worker).await.expect("poll the queue");
+            if outcome.bodies.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            handed.extend(outcome.bodies);
+        }
+        handed
+    }
+
     /// Takes everything off the jobs queue (receives and deletes it).
     pub async fn drain_queue(&self) -> Vec<String> {
         let mut bodies = Vec::new();

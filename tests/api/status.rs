@@ -71,15 +71,6 @@ async fn redeliver(app: &TestApp, bodies: &[String]) {
     app.worker.invoke(event).await.unwrap();
 }
 
-fn recipients_of(emails: &[local_stack::outbox::SentEmail]) -> Vec<String> {
-    let mut recipients: Vec<String> = emails
-        .iter()
-        .flat_map(|email| email.destinations.to_addresses.clone())
-        .collect();
-    recipients.sort();
-    recipients
-}
-
 #[tokio::test]
 async fn status_moves_from_accepted_to_completed_with_exact_counts() {
     let app = app(mixed_audience(), &[]).await;
@@ -125,8 +116,7 @@ async fn the_same_idempotency_key_twice_is_one_task_and_one_set_of_emails() {
 
     app.run_worker_until_queue_is_empty().await;
 
-    let emails = app.sent_emails().await;
-    let recipients = recipients_of(&emails);
+    let recipients = app.recipients().await;
     assert_eq!(recipients.len(), 131, "one set of emails");
     let mut distinct = recipients.clone();
     distinct.dedup();
@@ -197,14 +187,14 @@ async fn a_redelivered_chunk_after_partial_ses_failures_sends_each_recipient_onc
     let chunk = app.drain_queue().await;
     assert_eq!(chunk.len(), 1);
     redeliver(&app, &chunk).await;
-    assert_eq!(recipients_of(&app.sent_emails().await).len(), 20);
+    assert_eq!(app.recipients().await.len(), 20);
 
     // SQS delivers the original chunk again (as after a lost re-enqueue or a crash), and the
     // narrowed retry of the flaky recipients runs too.
     redeliver(&app, &chunk).await;
     app.run_worker_until_queue_is_empty().await;
 
-    let recipients = recipients_of(&app.sent_emails().await);
+    let recipients = app.recipients().await;
     let mut distinct = recipients.clone();
     distinct.dedup();
     assert_eq!(
@@ -237,17 +227,7 @@ async fn a_poison_job_reaches_the_dlq_and_its_task_says_which_part_failed() {
     ))
     .await;
 
-    let source = app.event_source(10).await;
-    let started = std::time::Instant::now();
-    while app.dead_letter_depth().await == 0 {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "never reached the DLQ"
-        );
-        if source.poll(&app.worker).await.unwrap().bodies.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
+    app.run_worker_until_something_is_dead_lettered().await;
 
     let (_, task) = status(&app, &task_id).await;
     assert_eq!(task["status"], "completed_with_errors");

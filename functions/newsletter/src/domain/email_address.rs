@@ -19,28 +19,13 @@ impl EmailAddress {
         }
         Ok(Self(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+string_newtype!(EmailAddress);
 
 impl fmt::Display for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for EmailAddress {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<EmailAddress> for String {
-    fn from(address: EmailAddress) -> String {
-        address.0
     }
 }
 

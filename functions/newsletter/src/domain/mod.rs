@@ -1,6 +1,31 @@
 //! Types that can only hold valid values ("parse, don't validate"). Each parses from raw input at
 //! the edge, and the rest of the code trusts it.
 
+/// What every string newtype shares: its text, and serde through `parse` (see
+/// `#[serde(try_from = "String", into = "String")]` on each type).
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::domain::Invalid;
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+
 mod email_address;
 mod idempotency_key;
 mod newsletter;
@@ -22,15 +47,22 @@ pub use topic::Topic;
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-/// Counts characters (Unicode scalar values), which is what a caller means by "200 characters".
-fn char_count_within(value: &str, min: usize, max: usize) -> bool {
-    let count = value.chars().count();
-    (min..=max).contains(&count)
-}
-
-/// Control characters (CR and LF among them) and the Unicode line and paragraph separators.
-fn has_line_breaking_or_control_char(value: &str) -> bool {
-    value
-        .chars()
-        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+/// One line of text: trimmed, 1 to `max_chars` characters (Unicode scalar values, which is what a
+/// caller means by "200 characters"), no control characters (CR and LF among them) and no Unicode
+/// line or paragraph separators.
+fn parse_single_line(raw: &str, max_chars: usize) -> Result<String, Invalid> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(Invalid("must not be empty".into()));
+    }
+    if trimmed.chars().count() > max_chars {
+        return Err(Invalid(format!("must be at most {max_chars} characters")));
+    }
+    let breaks_lines = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if trimmed.chars().any(breaks_lines) {
+        return Err(Invalid(
+            "must not contain control characters or line breaks".into(),
+        ));
+    }
+    Ok(trimmed.to_owned())
 }

@@ -1,4 +1,4 @@
-use super::{Invalid, Topic, char_count_within, has_line_breaking_or_control_char};
+use super::{Invalid, Topic, parse_single_line};
 use serde::{Deserialize, Serialize};
 
 /// One part of a newsletter, sent to the subscribers of its topic.
@@ -20,41 +20,11 @@ impl SectionTitle {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(Invalid("must not be empty".into()));
-        }
-        if !char_count_within(trimmed, 1, Self::MAX_CHARS) {
-            return Err(Invalid(format!(
-                "must be at most {} characters",
-                Self::MAX_CHARS
-            )));
-        }
-        if has_line_breaking_or_control_char(trimmed) {
-            return Err(Invalid(
-                "must not contain control characters or line breaks".into(),
-            ));
-        }
-        Ok(Self(trimmed.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        parse_single_line(raw, Self::MAX_CHARS).map(Self)
     }
 }
 
-impl TryFrom<String> for SectionTitle {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<SectionTitle> for String {
-    fn from(title: SectionTitle) -> String {
-        title.0
-    }
-}
+string_newtype!(SectionTitle);
 
 /// A section's content in CommonMark. Not blank. Raw HTML inside it is escaped when rendered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,24 +38,9 @@ impl MarkdownBody {
         }
         Ok(Self(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for MarkdownBody {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<MarkdownBody> for String {
-    fn from(body: MarkdownBody) -> String {
-        body.0
-    }
-}
+string_newtype!(MarkdownBody);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-use super::{Invalid, char_count_within, has_line_breaking_or_control_char};
+use super::{Invalid, parse_single_line};
 use serde::{Deserialize, Serialize};
 
 /// An email subject: 1 to 200 characters after trimming, with no control characters, so it can be
@@ -11,41 +11,11 @@ impl Subject {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(Invalid("must not be empty".into()));
-        }
-        if !char_count_within(trimmed, 1, Self::MAX_CHARS) {
-            return Err(Invalid(format!(
-                "must be at most {} characters",
-                Self::MAX_CHARS
-            )));
-        }
-        if has_line_breaking_or_control_char(trimmed) {
-            return Err(Invalid(
-                "must not contain control characters or line breaks".into(),
-            ));
-        }
-        Ok(Self(trimmed.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        parse_single_line(raw, Self::MAX_CHARS).map(Self)
     }
 }
 
-impl TryFrom<String> for Subject {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<Subject> for String {
-    fn from(subject: Subject) -> String {
-        subject.0
-    }
-}
+string_newtype!(Subject);
 
 #[cfg(test)]
 mod tests {

@@ -20,28 +20,13 @@ impl Topic {
         }
         Ok(Self(raw.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+string_newtype!(Topic);
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for Topic {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<Topic> for String {
-    fn from(topic: Topic) -> String {
-        topic.0
     }
 }
 
