@@ -76,12 +76,6 @@ impl DeliveryReport {
     }
 }
 
-/// The settlement store failed mid-way; emails sent since the last settlement may be sent again
-/// when the message is retried.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct DeliveryError(#[from] pub StoreError);
-
 pub struct Sender<M> {
     mailer: M,
     limiter: DefaultDirectRateLimiter,
@@ -123,13 +117,14 @@ impl<M: Mailer> Sender<M> {
     }
 
     /// Sends to every recipient of `delivery` that can be reached before the deadline, each at
-    /// most once: a recipient is claimed before its send and settled after it, in batches.
+    /// most once: a recipient is claimed before its send and settled after it, in batches. If a
+    /// settlement fails, the emails sent since the last one may be sent again on a retry.
     pub async fn deliver(
         &self,
         delivery: &Delivery,
         claims: &impl ClaimStore,
         deadline: Deadline,
-    ) -> Result<DeliveryReport, DeliveryError> {
+    ) -> Result<DeliveryReport, StoreError> {
         // Many recipients share a set of topics: render each distinct email once.
         let mut emails: HashMap<&[Topic], RenderedEmail> = HashMap::new();
         for recipient in &delivery.recipients {

@@ -2,7 +2,7 @@
 //! when a message has failed for the last time, record that on its task.
 
 use crate::audience::Audience;
-use crate::deliver::{Deadline, DeliveryError, Mailer, Sender};
+use crate::deliver::{Deadline, Mailer, Sender};
 use crate::directory::{ContactDirectory, DirectoryError};
 use crate::domain::TaskId;
 use crate::message::{DecodeError, Delivery, Job, Message};
@@ -29,12 +29,6 @@ pub enum WorkError {
     Store(#[from] StoreError),
     #[error("none of the {0} recipient(s) could be sent to; the whole message is retried")]
     NothingDelivered(usize),
-}
-
-impl From<DeliveryError> for WorkError {
-    fn from(err: DeliveryError) -> Self {
-        Self::Store(err.0)
-    }
 }
 
 /// One invocation's limits, from the Lambda context.
