@@ -8,14 +8,14 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: dev test tools lint unit-and-integration template-checks outbox sam-build clean
+.PHONY: dev test tools lint unit-and-integration template-checks outbox sam-build clean bench bench-smoke
 
 ## dev: run the whole system locally (local AWS, both functions, the SQS trigger); Ctrl-C stops it
 dev: tools
 	cargo run --quiet -p local-stack -- dev
 
 ## test: formatting, lints, unit and integration tests (against moto), template checks
-test: tools lint unit-and-integration template-checks
+test: tools lint unit-and-integration template-checks bench-smoke
 
 lint:
 	cargo fmt --all -- --check
@@ -26,6 +26,19 @@ unit-and-integration:
 
 template-checks:
 	$(VENV)/bin/python -m pytest tests/template -q
+
+## bench: cold start, memory, accept load, delivery throughput and size on release builds (minutes):
+## a table on stdout and target/bench/report.json. COLD_BUILD=1 also times a cold build (once, kept).
+bench: tools
+	cargo build --release --locked -p accept -p worker -p bench
+	cargo bench --locked -p bench --bench accept_request
+	target/release/bench $(if $(COLD_BUILD),--cold-build)
+
+## bench-smoke: every benchmark run tiny on debug builds, so that none can rot (part of `make test`)
+bench-smoke: tools
+	cargo build --locked -p accept -p worker -p bench
+	cargo test --locked -p bench --bench accept_request
+	target/debug/bench --smoke --profile debug
 
 ## outbox: what local SES recorded, by task (TASK=<task id> to pick one)
 outbox: tools

@@ -1,0 +1,199 @@
+//! Delivery throughput: the production worker (`worker::build`: SQS and SES v2 adapters, the
+//! send-rate limiter, the SDK's retries) run as `instances` Lambda instances, each fed batches
+//! from the local SQS by the local event source, sending through the bench's SES endpoint.
+
+use crate::ses_endpoint::{SesBehaviour, SesEndpoint};
+use anyhow::{Context, bail};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::types::QueueAttributeName;
+use lambda_runtime::LambdaEvent;
+use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
+use newsletter::TaskId;
+use newsletter::message::{Delivery, Message, Recipient};
+use newsletter::planning::chunk;
+use newsletter::queue::MessageQueue;
+use newsletter::tasks::{PageCounts, TaskStore};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub recipients: usize,
+    /// `MAX_SEND_RATE`: the account's rate as the worker is configured with it.
+    pub configured_rate: f64,
+    /// `MAX_CONCURRENCY`: worker instances.
+    pub instances: u32,
+    /// `MAX_IN_FLIGHT`: sends in flight per instance.
+    pub max_in_flight: usize,
+    pub ses: SesBehaviour,
+}
+
+impl Scenario {
+    /// The best any worker could do: the lower of the send rate it may use (its own or the
+    /// endpoint's) and what its sends in flight allow at the endpoint's latency.
+    pub fn bound(&self) -> f64 {
+        let rate = self.configured_rate.min(self.ses.max_send_rate);
+        let in_flight = f64::from(self.instances) * self.max_in_flight as f64;
+        rate.min(in_flight / self.ses.latency.as_secs_f64())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub emails_per_second: f64,
+    pub duplicates: usize,
+    pub losses: usize,
+    pub throttled: u64,
+}
+
+/// The local AWS server, provisioned, and the SES endpoint in front of it.
+pub struct Stack<'a> {
+    pub ses: &'a SesEndpoint,
+    pub aws: &'a aws_config::SdkConfig,
+    pub queue_url: &'a str,
+    pub settings: &'a local_stack::Settings,
+}
+
+/// The worker's timeout, as `template.yaml` sets it. The queue's visibility timeout must stay
+/// above it (the template sets 6×): a batch still being sent when its messages reappear is sent
+/// twice. Under throttling, a shorter timeout leaves the worker too little time per batch.
+pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Cap on one scenario, so that a stuck run fails instead of hanging.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throughput> {
+    let config = worker::Config {
+        queue_url: stack.queue_url.to_owned(),
+        contact_list_name: stack.settings.contact_list_name.clone(),
+        from_address: stack.settings.from_address.clone(),
+        max_send_rate: scenario.configured_rate,
+        max_concurrency: scenario.instances,
+        max_in_flight: scenario.max_in_flight,
+        configuration_set_name: None,
+        table_name: stack.settings.table_name.clone(),
+        max_receive_count: stack.settings.max_receive_count,
+    };
+    let workers: Vec<_> = (0..scenario.instances)
+        .map(|_| Instance(worker::build(&config, stack.aws), config.max_receive_count))
+        .collect();
+    let expected = crate::events::recipients(scenario.recipients)?;
+    // A task planned with exactly these recipients, as the accept function and the planner
+    // leave it, so that every claim and settlement is the production path.
+    let task_id = TaskId::generate();
+    let store = workers[0].0.store();
+    store.create(task_id).await?;
+    let counts = PageCounts {
+        page: 0,
+        planned: expected.len() as u64,
+        skipped: 0,
+        failed: 0,
+        last: true,
+    };
+    store.record_page(task_id, counts).await?;
+    let deliveries = deliveries(task_id, &expected)?;
+    workers[0].0.queue().send_all(&deliveries).await?;
+    stack.ses.take_received();
+    stack.ses.take_throttled();
+
+    let sqs = aws_sdk_sqs::Client::new(stack.aws);
+    // Lambda's poller hands out batches as soon as they are there.
+    let trigger = Trigger {
+        batch_size: 10,
+        batching_window: Duration::ZERO,
+        wait_time_seconds: 0,
+    };
+    let started = Instant::now();
+    let instances = workers.iter().map(|worker| async {
+        let source = SqsEventSource::new(sqs.clone(), stack.queue_url, trigger.clone()).await?;
+        // Stop once nothing is left, visible or in flight (moto's counts are exact).
+        loop {
+            if !source.poll(worker).await?.bodies.is_empty() {
+                continue;
+            }
+            if queue_is_empty(&sqs, stack.queue_url).await? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::Ok(())
+    });
+    tokio::time::timeout(SCENARIO_TIMEOUT, futures::future::try_join_all(instances))
+        .await
+        .context("the delivery run did not finish in time")??;
+
+    let received = stack.ses.take_received();
+    let last = received
+        .last_accepted
+        .context("the endpoint accepted no email")?;
+    let sent: usize = received.per_recipient.values().map(|&n| n as usize).sum();
+    let duplicates = sent - received.per_recipient.len();
+    let losses = expected
+        .iter()
+        .filter(|recipient| {
+            !received
+                .per_recipient
+                .contains_key(recipient.email.as_str())
+        })
+        .count();
+    Ok(Throughput {
+        emails_per_second: sent as f64 / (last - started).as_secs_f64(),
+        duplicates,
+        losses,
+        throttled: stack.ses.take_throttled(),
+    })
+}
+
+async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> anyhow::Result<bool> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?
+        .attributes
+        .unwrap_or_default();
+    Ok(attributes.values().all(|count| count == "0"))
+}
+
+/// Delivery messages for `recipients`, chunked as the planner chunks them.
+fn deliveries(task_id: TaskId, recipients: &[Recipient]) -> anyhow::Result<Vec<Message>> {
+    let newsletter = crate::events::newsletter()?;
+    let template = Delivery {
+        task_id,
+        chunk_id: String::new(),
+        attempt: 0,
+        newsletter,
+        recipients: Vec::new(),
+    };
+    let chunks = chunk(recipients.to_vec(), &template);
+    if chunks.is_empty() {
+        bail!("no recipients to deliver to");
+    }
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, recipients)| {
+            Message::Delivery(Delivery {
+                chunk_id: format!("p0-c{index}"),
+                recipients,
+                ..template.clone()
+            })
+        })
+        .collect())
+}
+
+/// One worker instance, invoked in-process as the Lambda runtime would invoke it.
+/// One worker instance and the queue's `maxReceiveCount`.
+struct Instance(worker::SesWorker, u32);
+
+impl Invoke for Instance {
+    async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
+        let mut context = lambda_runtime::Context::default();
+        let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + FUNCTION_TIMEOUT;
+        context.deadline = deadline.as_millis() as u64;
+        worker::handle(&self.0, self.1, LambdaEvent::new(event, context))
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))
+    }
+}

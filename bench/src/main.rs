@@ -1,0 +1,413 @@
+//! `make bench`: cold start, memory, accept load, delivery throughput and size of the functions,
+//! each as a ratio against a baseline measured in the same run. Prints a table and writes
+//! `target/bench/report.json`. `--smoke` runs every benchmark tiny, on debug builds, for
+//! `make test`.
+
+mod artifacts;
+mod cold_start;
+mod delivery;
+mod events;
+mod function;
+mod report;
+mod runtime_api;
+mod ses_endpoint;
+mod stats;
+mod tls_proxy;
+
+use anyhow::{Context, bail};
+use cold_start::{ColdStart, Plan};
+use delivery::Scenario;
+use function::FunctionSpec;
+use report::{Machine, Report, Row, Target};
+use ses_endpoint::{SesBehaviour, SesEndpoint};
+use stats::ms;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tls_proxy::TlsProxy;
+
+const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build]";
+
+#[derive(Debug)]
+struct Options {
+    smoke: bool,
+    /// Which build of the bootstraps to measure (`target/<profile>/`).
+    profile: String,
+    /// Also time a cold build (minutes): once, then kept in `target/bench/cold-build.json`.
+    cold_build: bool,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
+        let mut options = Self {
+            smoke: false,
+            profile: "release".into(),
+            cold_build: false,
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--smoke" => options.smoke = true,
+                "--cold-build" => options.cold_build = true,
+                "--profile" => options.profile = args.next().context(USAGE)?,
+                _ => bail!("unknown argument {arg:?}\n{USAGE}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some(artifacts::RNG_PROBE) {
+        return artifacts::rng_probe();
+    }
+    let options = Options::parse(args)?;
+    // Everything the run starts (moto, bootstraps, servers) is owned by `run`'s future:
+    // dropping it on Ctrl-C stops them all.
+    tokio::select! {
+        result = run(&options) => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+struct Paths {
+    target: PathBuf,
+    binaries: PathBuf,
+    out: PathBuf,
+    logs: PathBuf,
+}
+
+async fn run(options: &Options) -> anyhow::Result<()> {
+    let target = local_stack::repository_root()
+        .canonicalize()?
+        .join("target");
+    let out = target.join("bench");
+    let paths = Paths {
+        binaries: target.join(&options.profile),
+        logs: out.join("logs"),
+        out,
+        target,
+    };
+    let _ = std::fs::remove_dir_all(&paths.logs);
+    std::fs::create_dir_all(&paths.logs)?;
+
+    let moto = local_stack::MotoServer::start(0)?;
+    let aws = local_stack::sdk_config(&moto.endpoint()).await;
+    // As the template sets it: 6× the worker's timeout.
+    let settings = local_stack::Settings {
+        visibility_timeout: 6 * delivery::FUNCTION_TIMEOUT.as_secs() as u32,
+        ..Default::default()
+    };
+    let stack = local_stack::provision(&aws, &settings).await?;
+    // The accept runs enqueue thousands of jobs: on a queue of their own, so that the worker's
+    // throughput runs start from an empty one.
+    let accept_queue_url = aws_sdk_sqs::Client::new(&aws)
+        .create_queue()
+        .queue_name("bench-accept-jobs")
+        .send()
+        .await?
+        .queue_url
+        .context("no queue URL")?;
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let queues = (accept_queue_url.as_str(), stack.queue_url.as_str());
+    rows.extend(cold_starts(options, &paths, &moto, queues, &settings).await?);
+    rows.extend(artifacts::rng_first_use(options.smoke).await?);
+    match artifacts::criterion_figures(&paths.target)? {
+        Some(row) => rows.push(row),
+        None => notes.push(
+            "no criterion results yet: `cargo bench -p bench --bench accept_request` (make bench runs it)"
+                .into(),
+        ),
+    }
+    rows.extend(throughput(options, &moto, &stack.queue_url, &settings).await?);
+    rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
+    match artifacts::cold_build(&paths, options.cold_build).await? {
+        Some(cold) => rows.extend(cold),
+        None => notes
+            .push("cold build not measured yet: `make bench COLD_BUILD=1` measures it once".into()),
+    }
+    notes.push(format!(
+        "bootstraps from target/{}; function logs in {}",
+        options.profile,
+        paths.logs.display()
+    ));
+
+    let report = Report {
+        machine: Machine::detect(&options.profile),
+        taken_at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        rows,
+        notes,
+    };
+    report.print();
+    let file = paths.out.join(if options.smoke {
+        "smoke-report.json"
+    } else {
+        "report.json"
+    });
+    report.write_json(&file)?;
+    println!("\nwritten to {}", file.display());
+    if let Some(row) = report.rows.iter().find(|row| row.is_correctness_failure()) {
+        bail!("{} is {}, not as it must be", row.figure, row.value);
+    }
+    Ok(())
+}
+
+fn spec(name: &'static str, paths: &Paths, bin: &str, env: Vec<(String, String)>) -> FunctionSpec {
+    FunctionSpec {
+        name,
+        binary: paths.binaries.join(bin),
+        env,
+        log: paths.logs.join(format!("{name}.log")),
+    }
+}
+
+/// The SDK's environment for a local endpoint, and for HTTPS the CA bundle that trusts it.
+fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoint)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    if let Some(proxy) = tls {
+        env.push((
+            "SSL_CERT_FILE".into(),
+            proxy.ca_bundle().display().to_string(),
+        ));
+    }
+    env
+}
+
+/// Section 1 (and the warm half of 2): each function started fresh several times, over plain
+/// HTTP to the local AWS server and over HTTPS as on Lambda, against the hello-world floor.
+async fn cold_starts(
+    options: &Options,
+    paths: &Paths,
+    moto: &local_stack::MotoServer,
+    (accept_queue_url, worker_queue_url): (&str, &str),
+    settings: &local_stack::Settings,
+) -> anyhow::Result<Vec<Row>> {
+    let (accept_plan, worker_plan, recipients) = if options.smoke {
+        let plan = Plan {
+            cold_runs: 1,
+            warm_invocations: 2,
+        };
+        (plan, plan, 3)
+    } else {
+        let worker_plan = Plan {
+            cold_runs: 5,
+            warm_invocations: 3,
+        };
+        let accept_plan = Plan {
+            cold_runs: 9,
+            warm_invocations: 100,
+        };
+        (
+            accept_plan,
+            worker_plan,
+            newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY,
+        )
+    };
+    let moto_address = format!("127.0.0.1:{}", moto.port()).parse()?;
+    let proxy = TlsProxy::start(moto_address, &paths.out.join("ca-bundle.pem")).await?;
+    let env = |tls: Option<&TlsProxy>, queue_url: &str| {
+        let endpoint = tls.map_or(moto.endpoint(), TlsProxy::endpoint);
+        let mut env = sdk_env(&endpoint, tls);
+        env.push(("QUEUE_URL".into(), queue_url.to_owned()));
+        env.push(("TABLE_NAME".into(), settings.table_name.clone()));
+        env
+    };
+    let accept_env = |tls| env(tls, accept_queue_url);
+    let worker_env = |tls| {
+        let mut env = env(tls, worker_queue_url);
+        env.extend([
+            (
+                "CONTACT_LIST_NAME".into(),
+                settings.contact_list_name.clone(),
+            ),
+            ("FROM_ADDRESS".into(), settings.from_address.clone()),
+            // One instance at a rate that does not hold the sends back: the figure is the
+            // worker's own cost.
+            ("MAX_SEND_RATE".into(), "1000".into()),
+            ("MAX_CONCURRENCY".into(), "1".into()),
+        ]);
+        env
+    };
+    let accept_event = events::accept_request()?;
+    let worker_event = events::delivery_batch(events::recipients(recipients)?)?;
+    let hello_event = bytes::Bytes::from_static(b"{\"hello\":\"world\"}");
+
+    let floor = cold_start::measure(
+        &spec("hello", paths, "hello", vec![]),
+        &hello_event,
+        events::check_any,
+        accept_plan,
+    )
+    .await?;
+    let measure = |name, bin, env, event, check, plan| {
+        let spec = spec(name, paths, bin, env);
+        async move { cold_start::measure(&spec, event, check, plan).await }
+    };
+    let accept_http = measure(
+        "accept-http",
+        "accept",
+        accept_env(None),
+        &accept_event,
+        events::check_accepted as cold_start::Check,
+        accept_plan,
+    )
+    .await?;
+    let accept_https = measure(
+        "accept-https",
+        "accept",
+        accept_env(Some(&proxy)),
+        &accept_event,
+        events::check_accepted,
+        accept_plan,
+    )
+    .await?;
+    let worker_http = measure(
+        "worker-http",
+        "worker",
+        worker_env(None),
+        &worker_event,
+        events::check_delivered,
+        worker_plan,
+    )
+    .await?;
+    let worker_https = measure(
+        "worker-https",
+        "worker",
+        worker_env(Some(&proxy)),
+        &worker_event,
+        events::check_delivered,
+        worker_plan,
+    )
+    .await?;
+
+    let mut rows = accept_rows("accept (HTTP)", &accept_http, &floor);
+    rows.extend(accept_rows("accept (HTTPS)", &accept_https, &floor));
+    let sends = format!("{recipients} emails");
+    for (name, worker) in [
+        ("worker (HTTP)", &worker_http),
+        ("worker (HTTPS)", &worker_https),
+    ] {
+        rows.extend([
+            Row::new(format!("{name} init"), "ms", ms(worker.init))
+                .against("floor init", ms(floor.init)),
+            Row::new(
+                format!("{name} first invocation, {sends}"),
+                "ms",
+                ms(worker.first),
+            )
+            .against("its warm median", ms(worker.warm_median)),
+            Row::new(
+                format!("{name} peak RSS while sending"),
+                "MiB",
+                worker.peak_rss_mib,
+            )
+            .against("floor", floor.peak_rss_mib)
+            .target(Target::AtMost(16.0)),
+        ]);
+    }
+    Ok(rows)
+}
+
+fn accept_rows(name: &str, accept: &ColdStart, floor: &ColdStart) -> Vec<Row> {
+    vec![
+        Row::new(format!("{name} init"), "ms", ms(accept.init))
+            .against("floor init", ms(floor.init))
+            .target(Target::RatioAtMost(2.0)),
+        Row::new(format!("{name} first request"), "ms", ms(accept.first))
+            .against("its warm median", ms(accept.warm_median)),
+        Row::new(
+            format!("{name} cold caller: init + first"),
+            "ms",
+            ms(accept.cold_caller),
+        )
+        .against("floor", ms(floor.cold_caller))
+        .target(Target::AtMost(15.0)),
+        Row::new(
+            format!("{name} warm request, median"),
+            "ms",
+            ms(accept.warm_median),
+        )
+        .against("floor", ms(floor.warm_median)),
+        Row::new(
+            format!("{name} warm requests/s, one instance"),
+            "req/s",
+            accept.warm_per_second,
+        )
+        .against("floor", floor.warm_per_second),
+        Row::new(format!("{name} peak RSS"), "MiB", accept.peak_rss_mib)
+            .against("floor", floor.peak_rss_mib)
+            .target(Target::AtMost(10.0)),
+    ]
+}
+
+/// Section 3: the worker delivering through the bench's SES endpoint, within its rate and above
+/// the endpoint's limit (throttled).
+async fn throughput(
+    options: &Options,
+    moto: &local_stack::MotoServer,
+    queue_url: &str,
+    settings: &local_stack::Settings,
+) -> anyhow::Result<Vec<Row>> {
+    let ses = |latency_ms, max_send_rate| SesBehaviour {
+        latency: Duration::from_millis(latency_ms),
+        max_send_rate,
+    };
+    let scenario = |recipients, configured_rate, ses| Scenario {
+        recipients,
+        configured_rate,
+        instances: 2,
+        max_in_flight: 16,
+        ses,
+    };
+    let scenarios = if options.smoke {
+        vec![
+            ("within rate", scenario(100, 1000.0, ses(5, 2000.0))),
+            ("throttled", scenario(100, 400.0, ses(5, 100.0))),
+        ]
+    } else {
+        vec![
+            ("within rate", scenario(1_000, 500.0, ses(20, 600.0))),
+            ("within rate", scenario(10_000, 500.0, ses(20, 600.0))),
+            ("throttled", scenario(2_000, 800.0, ses(20, 400.0))),
+        ]
+    };
+    let mut rows = Vec::new();
+    for (kind, scenario) in scenarios {
+        let endpoint = SesEndpoint::start(scenario.ses, &moto.endpoint()).await?;
+        let aws = local_stack::sdk_config(&endpoint.endpoint()).await;
+        let stack = delivery::Stack {
+            ses: &endpoint,
+            aws: &aws,
+            queue_url,
+            settings,
+        };
+        let result = delivery::run(&stack, &scenario).await?;
+        let name = format!(
+            "delivery N={}, {kind} (rate {}/s, SES limit {}/s, {} ms)",
+            scenario.recipients,
+            scenario.configured_rate,
+            scenario.ses.max_send_rate,
+            scenario.ses.latency.as_millis()
+        );
+        rows.extend([
+            Row::new(format!("{name}: emails/s"), "1/s", result.emails_per_second)
+                .against("min(rate, in flight/latency)", scenario.bound())
+                .target(Target::RatioAtLeast(0.9)),
+            Row::new(format!("{name}: duplicates"), "", result.duplicates as f64)
+                .target(Target::Exactly(0.0)),
+            Row::new(format!("{name}: losses"), "", result.losses as f64)
+                .target(Target::Exactly(0.0)),
+            Row::new(
+                format!("{name}: throttled answers"),
+                "",
+                result.throttled as f64,
+            ),
+        ]);
+    }
+    Ok(rows)
+}
