@@ -9,11 +9,16 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_runtime::LambdaEvent;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use newsletter::TaskId;
+use newsletter::fakes::MemoryStore;
 use newsletter::message::{Delivery, Message, Recipient};
 use newsletter::planning::chunk;
 use newsletter::queue::MessageQueue;
+use newsletter::queue::SqsQueue;
 use newsletter::tasks::{PageCounts, TaskStore};
+use newsletter::work::Worker;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use worker::ses::{SesContactList, SesMailer};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -73,8 +78,14 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         table_name: stack.settings.table_name.clone(),
         max_receive_count: stack.settings.max_receive_count,
     };
+    // Claims and settlements in memory, shared by the instances as the table would be: moto's
+    // DynamoDB (Python, a table copy per transaction) would be the bottleneck, not the worker.
+    let store = Arc::new(MemoryStore::default());
     let workers: Vec<_> = (0..scenario.instances)
-        .map(|_| Instance(worker::build(&config, stack.aws), config.max_receive_count))
+        .map(|_| {
+            let worker = worker::build_with_store(&config, stack.aws, store.clone());
+            Instance(worker, config.max_receive_count)
+        })
         .collect();
     let expected = crate::events::recipients(scenario.recipients)?;
     // A task planned with exactly these recipients, as the accept function and the planner
@@ -185,7 +196,10 @@ fn deliveries(task_id: TaskId, recipients: &[Recipient]) -> anyhow::Result<Vec<M
 
 /// One worker instance, invoked in-process as the Lambda runtime would invoke it.
 /// One worker instance and the queue's `maxReceiveCount`.
-struct Instance(worker::SesWorker, u32);
+struct Instance(
+    Worker<SqsQueue, SesContactList, SesMailer, Arc<MemoryStore>>,
+    u32,
+);
 
 impl Invoke for Instance {
     async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {

@@ -215,6 +215,63 @@ pub trait ClaimStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A store shared by several workers in one process (the benchmark's instances) is still a store.
+impl<T: TaskStore> TaskStore for std::sync::Arc<T> {
+    fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).create(task_id)
+    }
+    fn delete(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).delete(task_id)
+    }
+    fn get(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Option<TaskRecord>, StoreError>> + Send {
+        (**self).get(task_id)
+    }
+    fn record_page(
+        &self,
+        task_id: TaskId,
+        counts: PageCounts,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record_page(task_id, counts)
+    }
+    fn record_failure(
+        &self,
+        task_id: TaskId,
+        failure: PartFailure,
+        failed: u64,
+        stops_planning: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record_failure(task_id, failure, failed, stops_planning)
+    }
+    fn finish(
+        &self,
+        task_id: TaskId,
+        status: TaskStatus,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).finish(task_id, status)
+    }
+}
+
+impl<T: ClaimStore> ClaimStore for std::sync::Arc<T> {
+    fn claim(
+        &self,
+        task_id: TaskId,
+        recipient: &EmailAddress,
+        lapses: SystemTime,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        (**self).claim(task_id, recipient, lapses)
+    }
+    fn settle(
+        &self,
+        task_id: TaskId,
+        settlements: &[Settlement],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).settle(task_id, settlements)
+    }
+}
+
 /// Claims settled per write: DynamoDB transactions take 100 items; 25 keeps them small.
 pub const MAX_SETTLEMENTS: usize = 25;
 

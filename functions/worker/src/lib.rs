@@ -26,6 +26,20 @@ pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer, DynamoStore>;
 
 /// Builds the worker's clients once, at init. Makes no network call.
 pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name);
+    build_with_store(config, aws, store)
+}
+
+/// The worker with another task store (the benchmark keeps claims in memory, so that it
+/// measures the worker rather than the local DynamoDB).
+pub fn build_with_store<S>(
+    config: &Config,
+    aws: &SdkConfig,
+    store: S,
+) -> Worker<SqsQueue, SesContactList, SesMailer, S>
+where
+    S: TaskStore + ClaimStore,
+{
     // Throttling is expected at the account's send rate: back off and retry inside the SDK before
     // a recipient counts as owed.
     let ses_config = aws_sdk_sesv2::config::Builder::from(aws)
@@ -48,7 +62,7 @@ pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
                 config.max_in_flight,
             ),
         ),
-        DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name),
+        store,
     )
 }
 
