@@ -93,13 +93,7 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
     let task_id = TaskId::generate();
     let store = workers[0].0.store();
     store.create(task_id).await?;
-    let counts = PageCounts {
-        page: 0,
-        planned: expected.len() as u64,
-        skipped: 0,
-        failed: 0,
-        last: true,
-    };
+    let counts = PageCounts::only_page(expected.len() as u64);
     store.record_page(task_id, counts).await?;
     let deliveries = deliveries(task_id, &expected)?;
     workers[0].0.queue().send_all(&deliveries).await?;

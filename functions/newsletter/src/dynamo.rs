@@ -34,6 +34,24 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// The live reservation of `key`, if any (an expired one that TTL has not removed yet is none).
+    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("idem#{key}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        let now = epoch_seconds(SystemTime::now());
+        Ok(output
+            .item
+            .filter(|item| number(item, "expires_at") >= now)
+            .and_then(|item| reservation(&item)))
+    }
+
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -382,23 +400,6 @@ impl IdempotencyStore for DynamoStore {
             .await
             .map(|_| ())
             .map_err(store_error)
-    }
-
-    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("idem#{key}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        let now = epoch_seconds(SystemTime::now());
-        Ok(output
-            .item
-            .filter(|item| number(item, "expires_at") >= now)
-            .and_then(|item| reservation(&item)))
     }
 }
 

@@ -277,20 +277,6 @@ impl IdempotencyStore for MemoryStore {
         self.keys.lock().unwrap().remove(key);
         Ok(())
     }
-
-    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
-        self.check()?;
-        Ok(self
-            .keys
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|(task_id, fingerprint, queued)| Reservation::Existing {
-                task_id: *task_id,
-                fingerprint: fingerprint.clone(),
-                queued: *queued,
-            }))
-    }
 }
 
 impl ClaimStore for MemoryStore {

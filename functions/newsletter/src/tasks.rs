@@ -106,6 +106,19 @@ pub struct PageCounts {
     pub last: bool,
 }
 
+impl PageCounts {
+    /// The counts of a list that fits on one page and whose contacts are all recipients.
+    pub fn only_page(recipients: u64) -> Self {
+        Self {
+            page: 0,
+            planned: recipients,
+            skipped: 0,
+            failed: 0,
+            last: true,
+        }
+    }
+}
+
 /// The store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("the task store failed: {0}")]
@@ -169,10 +182,6 @@ pub trait IdempotencyStore: Send + Sync {
     fn mark_queued(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Gives the key up after the job could not be queued, so a retry can use it.
     fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn lookup(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<Option<Reservation>, StoreError>> + Send;
 }
 
 /// The state of one recipient's email for one task.

@@ -47,13 +47,7 @@ async fn delivery_to(worker: &TestWorker, email: &str) -> (TaskId, String) {
     let task_id = TaskId::generate();
     let store = worker.store();
     store.create(task_id).await.unwrap();
-    let counts = PageCounts {
-        page: 0,
-        planned: 1,
-        skipped: 0,
-        failed: 0,
-        last: true,
-    };
+    let counts = PageCounts::only_page(1);
     store.record_page(task_id, counts).await.unwrap();
     let message = Message::Delivery(Delivery {
         task_id,

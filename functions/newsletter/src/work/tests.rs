@@ -95,13 +95,7 @@ async fn job(worker: &TestWorker, topics: &[&str]) -> Message {
 async fn delivery(worker: &TestWorker, emails: &[&str]) -> Delivery {
     let task_id = TaskId::generate();
     worker.store.create(task_id).await.unwrap();
-    let counts = PageCounts {
-        page: 0,
-        planned: emails.len() as u64,
-        skipped: 0,
-        failed: 0,
-        last: true,
-    };
+    let counts = PageCounts::only_page(emails.len() as u64);
     worker.store.record_page(task_id, counts).await.unwrap();
     Delivery {
         task_id,
