@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tls_proxy::TlsProxy;
 
-const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build]";
+const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|size]";
 
 #[derive(Debug)]
 struct Options {
@@ -34,6 +34,14 @@ struct Options {
     profile: String,
     /// Also time a cold build (minutes): once, then kept in `target/bench/cold-build.json`.
     cold_build: bool,
+    /// Run one section only, while working on it.
+    only: Option<String>,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
 }
 
 impl Options {
@@ -42,12 +50,14 @@ impl Options {
             smoke: false,
             profile: "release".into(),
             cold_build: false,
+            only: None,
         };
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--smoke" => options.smoke = true,
                 "--cold-build" => options.cold_build = true,
                 "--profile" => options.profile = args.next().context(USAGE)?,
+                "--only" => options.only = Some(args.next().context(USAGE)?),
                 _ => bail!("unknown argument {arg:?}\n{USAGE}"),
             }
         }
@@ -112,21 +122,28 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let queues = (accept_queue_url.as_str(), stack.queue_url.as_str());
-    rows.extend(cold_starts(options, &paths, &moto, queues, &settings).await?);
-    rows.extend(artifacts::rng_first_use(options.smoke).await?);
-    match artifacts::criterion_figures(&paths.target)? {
-        Some(row) => rows.push(row),
-        None => notes.push(
-            "no criterion results yet: `cargo bench -p bench --bench accept_request` (make bench runs it)"
-                .into(),
-        ),
+    if options.runs("cold-start") {
+        rows.extend(cold_starts(options, &paths, &moto, queues, &settings).await?);
+        rows.extend(artifacts::rng_first_use(options.smoke).await?);
+        match artifacts::criterion_figures(&paths.target)? {
+            Some(row) => rows.push(row),
+            None => notes.push(
+                "no criterion results yet: `cargo bench -p bench --bench accept_request` (make bench runs it)"
+                    .into(),
+            ),
+        }
     }
-    rows.extend(throughput(options, &moto, &stack.queue_url, &settings).await?);
-    rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
-    match artifacts::cold_build(&paths, options.cold_build).await? {
-        Some(cold) => rows.extend(cold),
-        None => notes
-            .push("cold build not measured yet: `make bench COLD_BUILD=1` measures it once".into()),
+    if options.runs("delivery") {
+        rows.extend(throughput(options, &moto, &stack.queue_url, &settings).await?);
+    }
+    if options.runs("size") {
+        rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
+        match artifacts::cold_build(&paths, options.cold_build).await? {
+            Some(cold) => rows.extend(cold),
+            None => notes.push(
+                "cold build not measured yet: `make bench COLD_BUILD=1` measures it once".into(),
+            ),
+        }
     }
     notes.push(format!(
         "bootstraps from target/{}; function logs in {}",
@@ -141,10 +158,10 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         notes,
     };
     report.print();
-    let file = paths.out.join(if options.smoke {
-        "smoke-report.json"
-    } else {
-        "report.json"
+    let file = paths.out.join(match (&options.only, options.smoke) {
+        (Some(section), _) => format!("report-{section}.json"),
+        (None, true) => "smoke-report.json".into(),
+        (None, false) => "report.json".into(),
     });
     report.write_json(&file)?;
     println!("\nwritten to {}", file.display());

@@ -6,11 +6,17 @@ use crate::message::{Delivery, Recipient};
 use crate::render::{RenderedEmail, render};
 use crate::tasks::{Claim, ClaimStore, MAX_SETTLEMENTS, Settlement, StoreError};
 use futures::{StreamExt, stream};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use pace::AdaptiveRate;
 use std::collections::HashMap;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant, SystemTime};
+
+mod pace;
+
+/// Tries of one email that fails transiently (a timeout, a 5xx) before it is left owed.
+const TRANSIENT_ATTEMPTS: u32 = 3;
+/// Wait before the first retry of a transient failure; doubled for each further one.
+const TRANSIENT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why one email was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +24,10 @@ pub enum SendError {
     /// The service refused this email for good (e.g. a rejected address): do not retry.
     #[error("rejected: {0}")]
     Permanent(String),
-    /// Throttled, timed out or failed after the SDK's own retries: worth another try later.
+    /// The account's send rate is exceeded: slow down and send again.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Timed out, a server error, sending paused: worth another try later.
     #[error("not sent, retryable: {0}")]
     Transient(String),
 }
@@ -64,6 +73,8 @@ pub struct DeliveryReport {
     pub rejected: usize,
     /// Recipients an earlier attempt had already settled: skipped, not sent again.
     pub already_settled: usize,
+    /// Throttling answers, each followed by a slower send to the same recipient.
+    pub throttled: usize,
     /// Recipients still owed the email: retryable failures, those another invocation is sending
     /// to, and those not tried before the deadline.
     pub owed: Vec<Recipient>,
@@ -78,11 +89,18 @@ impl DeliveryReport {
 
 pub struct Sender<M> {
     mailer: M,
-    limiter: DefaultDirectRateLimiter,
+    rate: AdaptiveRate,
     max_in_flight: usize,
 }
 
-enum Outcome {
+/// What became of one recipient, and how many throttling answers it took.
+struct Outcome {
+    index: usize,
+    kind: OutcomeKind,
+    throttled: usize,
+}
+
+enum OutcomeKind {
     Settle(Settlement),
     AlreadySettled,
     /// Owed without holding a claim (busy elsewhere, out of time, or the store failed).
@@ -98,18 +116,16 @@ pub struct Deadline {
 
 impl<M: Mailer> Sender<M> {
     pub fn new(mailer: M, policy: SendPolicy) -> Self {
-        let rate = policy.emails_per_second.max(0.001);
-        let period = Duration::from_secs_f64(1.0 / rate);
-        // Allow up to one second's worth of sends at once, as SES's own limit does.
-        let burst = NonZeroU32::new(rate.floor() as u32).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
         Self {
             mailer,
-            limiter: RateLimiter::direct(quota),
+            rate: AdaptiveRate::new(policy.emails_per_second),
             max_in_flight: policy.max_in_flight,
         }
+    }
+
+    /// Emails per second this sender allows itself now (lower than its policy after throttling).
+    pub fn current_rate(&self) -> f64 {
+        self.rate.current()
     }
 
     pub fn mailer(&self) -> &M {
@@ -151,9 +167,15 @@ impl<M: Mailer> Sender<M> {
         let mut report = DeliveryReport::default();
         let mut owed_indexes = Vec::new();
         let mut unsettled = Vec::new();
-        while let Some((index, outcome)) = outcomes.next().await {
-            match outcome {
-                Outcome::Settle(settlement) => {
+        while let Some(Outcome {
+            index,
+            kind,
+            throttled,
+        }) = outcomes.next().await
+        {
+            report.throttled += throttled;
+            match kind {
+                OutcomeKind::Settle(settlement) => {
                     match &settlement {
                         Settlement::Sent(_) => report.sent += 1,
                         Settlement::Rejected(_) => report.rejected += 1,
@@ -166,8 +188,8 @@ impl<M: Mailer> Sender<M> {
                             .await?;
                     }
                 }
-                Outcome::AlreadySettled => report.already_settled += 1,
-                Outcome::Owed => owed_indexes.push(index),
+                OutcomeKind::AlreadySettled => report.already_settled += 1,
+                OutcomeKind::Owed => owed_indexes.push(index),
             }
         }
         claims.settle(delivery.task_id, &unsettled).await?;
@@ -188,42 +210,70 @@ impl<M: Mailer> Sender<M> {
         email: &RenderedEmail,
         claims: &impl ClaimStore,
         deadline: Deadline,
-    ) -> (usize, Outcome) {
+    ) -> Outcome {
+        let outcome = |kind, throttled| Outcome {
+            index,
+            kind,
+            throttled,
+        };
         if Instant::now() >= deadline.stop_sending {
-            return (index, Outcome::Owed);
+            return outcome(OutcomeKind::Owed, 0);
         }
         match claims
             .claim(task_id, &recipient.email, deadline.claims_lapse)
             .await
         {
             Ok(Claim::Acquired) => {}
-            Ok(Claim::Sent | Claim::Rejected) => return (index, Outcome::AlreadySettled),
-            Ok(Claim::Busy) => return (index, Outcome::Owed),
+            Ok(Claim::Sent | Claim::Rejected) => return outcome(OutcomeKind::AlreadySettled, 0),
+            Ok(Claim::Busy) => return outcome(OutcomeKind::Owed, 0),
             Err(err) => {
                 tracing::warn!(error = %err, "claim failed; recipient stays owed");
-                return (index, Outcome::Owed);
+                return outcome(OutcomeKind::Owed, 0);
             }
         }
+        let (settlement, throttled) = self.send_claimed(recipient, email, deadline).await;
+        outcome(OutcomeKind::Settle(settlement), throttled)
+    }
+
+    /// Sends to a claimed recipient until SES takes or refuses the email, or until a transient
+    /// failure persists or the deadline comes. Retrying here, while holding the claim, is what
+    /// lets a throttled send go out within this invocation instead of waiting for a redelivery.
+    async fn send_claimed(
+        &self,
+        recipient: &Recipient,
+        email: &RenderedEmail,
+        deadline: Deadline,
+    ) -> (Settlement, usize) {
         let address = recipient.email.clone();
-        self.limiter.until_ready().await;
-        if Instant::now() >= deadline.stop_sending {
-            return (index, Outcome::Settle(Settlement::Released(address)));
-        }
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
             _ => None,
         };
-        let settlement = match self.mailer.send(&recipient.email, email, topic).await {
-            Ok(()) => Settlement::Sent(address),
-            Err(SendError::Permanent(reason)) => {
-                tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
-                Settlement::Rejected(address)
+        let (mut throttled, mut transient_failures) = (0, 0);
+        loop {
+            self.rate.ready().await;
+            if Instant::now() >= deadline.stop_sending {
+                return (Settlement::Released(address), throttled);
             }
-            Err(SendError::Transient(reason)) => {
-                tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry");
-                Settlement::Released(address)
+            let reason = match self.mailer.send(&recipient.email, email, topic).await {
+                Ok(()) => return (Settlement::Sent(address), throttled),
+                Err(SendError::Permanent(reason)) => {
+                    tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
+                    return (Settlement::Rejected(address), throttled);
+                }
+                Err(SendError::Throttled(_)) => {
+                    self.rate.throttled();
+                    throttled += 1;
+                    continue;
+                }
+                Err(SendError::Transient(reason)) => reason,
+            };
+            transient_failures += 1;
+            if transient_failures == TRANSIENT_ATTEMPTS {
+                tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry later");
+                return (Settlement::Released(address), throttled);
             }
-        };
-        (index, Outcome::Settle(settlement))
+            tokio::time::sleep(TRANSIENT_BACKOFF * 2u32.pow(transient_failures - 1)).await;
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::tasks::{
     Claim, ClaimStore, IdempotencyStore, PageCounts, PartFailure, Recipients, Reservation,
     Settlement, StoreError, TaskRecord, TaskStatus, TaskStore,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -82,11 +82,15 @@ impl ContactDirectory for PagedDirectory {
     }
 }
 
-/// Records every email sent; answers with the scripted failure for an address, if any.
+/// Records every email sent; answers with the scripted failure for an address, if any, and
+/// gives the first sends (to whomever) the errors queued in `first_answers`.
 #[derive(Debug, Default)]
 pub struct RecordingMailer {
     pub sent: Mutex<Vec<(EmailAddress, RenderedEmail, Option<Topic>)>>,
     pub failures: HashMap<String, SendError>,
+    pub first_answers: Mutex<VecDeque<SendError>>,
+    /// Every call, answered or not.
+    pub attempts: AtomicUsize,
     in_flight: AtomicUsize,
     pub max_in_flight_seen: AtomicUsize,
 }
@@ -95,6 +99,13 @@ impl RecordingMailer {
     pub fn failing(failures: impl IntoIterator<Item = (String, SendError)>) -> Self {
         Self {
             failures: failures.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    pub fn answering_first(errors: impl IntoIterator<Item = SendError>) -> Self {
+        Self {
+            first_answers: Mutex::new(errors.into_iter().collect()),
             ..Self::default()
         }
     }
@@ -120,6 +131,10 @@ impl Mailer for RecordingMailer {
         self.max_in_flight_seen.fetch_max(now, Ordering::SeqCst);
         tokio::task::yield_now().await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some(error) = self.first_answers.lock().unwrap().pop_front() {
+            return Err(error);
+        }
         if let Some(failure) = self.failures.get(to.as_str()) {
             return Err(failure.clone());
         }

@@ -174,6 +174,7 @@ where
             sent = report.sent,
             rejected = report.rejected,
             already_settled = report.already_settled,
+            throttled = report.throttled,
             owed = report.owed.len(),
             "chunk delivered"
         );

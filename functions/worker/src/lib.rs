@@ -40,22 +40,19 @@ pub fn build_with_store<S>(
 where
     S: TaskStore + ClaimStore,
 {
-    // Throttling is expected at the account's send rate: back off and retry inside the SDK before
-    // a recipient counts as owed.
-    let ses_config = aws_sdk_sesv2::config::Builder::from(aws)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(6)
-                .with_initial_backoff(Duration::from_millis(200))
-                .with_max_backoff(Duration::from_secs(5)),
-        )
-        .build();
-    let ses = aws_sdk_sesv2::Client::from_conf(ses_config);
+    let ses = aws_sdk_sesv2::Client::new(aws);
+    // Sends are retried by the `Sender`, which slows down on throttling and holds each
+    // recipient's claim meanwhile; SDK retries would resend behind its back, at the old rate.
+    let ses_sending = aws_sdk_sesv2::Client::from_conf(
+        aws_sdk_sesv2::config::Builder::from(aws)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
     Worker::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(aws), &config.queue_url),
-        SesContactList::new(ses.clone(), &config.contact_list_name),
+        SesContactList::new(ses, &config.contact_list_name),
         Sender::new(
-            SesMailer::new(ses, config),
+            SesMailer::new(ses_sending, config),
             SendPolicy::per_instance(
                 config.max_send_rate,
                 config.max_concurrency,

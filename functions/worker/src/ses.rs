@@ -197,7 +197,11 @@ impl Mailer for SesMailer {
                     SendEmailError::MessageRejected(_) | SendEmailError::BadRequestException(_) => {
                         Err(SendError::Permanent(reason))
                     }
-                    // Throttling after the SDK's retries, timeouts, 5xx, paused sending: later.
+                    // The account's send rate ("Maximum sending rate exceeded").
+                    SendEmailError::TooManyRequestsException(_) => {
+                        Err(SendError::Throttled(reason))
+                    }
+                    // Timeouts, 5xx, paused sending, the daily quota: later.
                     _ => Err(SendError::Transient(reason)),
                 }
             }

@@ -364,6 +364,80 @@ async fn only_recipients_with_retryable_failures_are_retried() {
 }
 
 #[tokio::test]
+async fn throttled_sends_slow_down_and_go_out_in_the_same_invocation() {
+    let throttling = (0..5).map(|_| SendError::Throttled("TooManyRequests".into()));
+    let policy = SendPolicy {
+        emails_per_second: 1_000.0,
+        max_in_flight: 4,
+    };
+    let worker = worker_with(
+        directory(vec![]),
+        RecordingMailer::answering_first(throttling),
+        policy,
+    );
+    let chunk = Message::Delivery(delivery(&worker, &["a@x.io", "b@x.io", "c@x.io"]).await);
+
+    process(&worker, &chunk).await.unwrap();
+
+    let mut sent = sent_to(&worker);
+    sent.sort();
+    assert_eq!(sent, ["a@x.io", "b@x.io", "c@x.io"], "each once");
+    let mailer = worker.sender.mailer();
+    assert_eq!(mailer.attempts.load(std::sync::atomic::Ordering::SeqCst), 8);
+    assert!(
+        worker.queue.take().is_empty(),
+        "nobody owed, nothing re-enqueued"
+    );
+    assert!(
+        worker.sender.current_rate() < 1_000.0,
+        "the rate was cut: {}",
+        worker.sender.current_rate()
+    );
+    let done = task(&worker, chunk.task_id()).await;
+    assert_eq!(
+        (done.recipients.sent, done.status),
+        (3, TaskStatus::Completed)
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_a_few_times_before_the_recipient_is_owed() {
+    let timeouts = |n| (0..n).map(|_| SendError::Transient("timeout".into()));
+    let recovers = worker(
+        directory(vec![]),
+        RecordingMailer::answering_first(timeouts(2)),
+    );
+    let chunk = Message::Delivery(delivery(&recovers, &["a@x.io"]).await);
+    process(&recovers, &chunk).await.unwrap();
+    assert_eq!(sent_to(&recovers), ["a@x.io"], "sent on the third try");
+
+    // One at a time, so that the three timeouts all go to the first recipient.
+    let one_at_a_time = SendPolicy {
+        max_in_flight: 1,
+        ..FAST
+    };
+    let persists = worker_with(
+        directory(vec![]),
+        RecordingMailer::answering_first(timeouts(3)),
+        one_at_a_time,
+    );
+    let chunk = Message::Delivery(delivery(&persists, &["a@x.io", "b@x.io"]).await);
+    process(&persists, &chunk).await.unwrap();
+    let mailer = persists.sender.mailer();
+    assert_eq!(mailer.attempts.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let retried = persists.queue.take();
+    let [Message::Delivery(retry)] = retried.as_slice() else {
+        panic!("expected one retry: {retried:?}")
+    };
+    assert_eq!(
+        retry.recipients[0].email.as_str(),
+        "a@x.io",
+        "failed 3 times: owed"
+    );
+    assert_eq!(sent_to(&persists), ["b@x.io"]);
+}
+
+#[tokio::test]
 async fn a_redelivered_message_sends_only_to_those_not_yet_sent() {
     // SES fails for one recipient and the re-enqueue of the owed recipient is lost, so SQS
     // redelivers the whole original message.
