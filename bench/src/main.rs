@@ -188,7 +188,7 @@ fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
         .collect();
     if let Some(proxy) = tls {
         env.push((
-            "SSL_CERT_FILE".into(),
+            "AWS_CA_BUNDLE".into(),
             proxy.ca_bundle().display().to_string(),
         ));
     }

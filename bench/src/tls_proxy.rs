@@ -12,9 +12,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// Where the system's root certificates are (Debian, Amazon Linux's `ca-certificates` too).
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
 pub struct TlsProxy {
     address: SocketAddr,
     ca_bundle: PathBuf,
@@ -23,12 +20,12 @@ pub struct TlsProxy {
 
 impl TlsProxy {
     /// Terminates TLS on 127.0.0.1 with a fresh self-signed certificate and forwards the bytes to
-    /// `upstream`. Writes the system roots plus that certificate to `ca_bundle`: a function given
-    /// it as `SSL_CERT_FILE` trusts the proxy and parses as many roots as it would on Lambda.
+    /// `upstream`. Writes that certificate to `ca_bundle`: a function given it as `AWS_CA_BUNDLE`
+    /// trusts the proxy as it trusts AWS endpoints on Lambda (through its embedded Amazon roots),
+    /// with one certificate more to parse.
     pub async fn start(upstream: SocketAddr, ca_bundle: &Path) -> anyhow::Result<Self> {
         let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
-        let system_roots = std::fs::read_to_string(SYSTEM_ROOTS).unwrap_or_default();
-        std::fs::write(ca_bundle, system_roots + "\n" + &certified.cert.pem())
+        std::fs::write(ca_bundle, certified.cert.pem())
             .with_context(|| format!("writing {}", ca_bundle.display()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             certified.signing_key.serialize_der(),

@@ -1,9 +1,9 @@
 //! The `accept` Lambda: `POST /newsletters` → SQS → `202 Accepted`.
 
 use accept::App;
-use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
+use aws_config::timeout::TimeoutConfig;
 use lambda_http::{Error, run, service_fn};
-use newsletter::{config, dynamo::DynamoStore, queue::SqsQueue};
+use newsletter::{config, dynamo::DynamoStore, queue::SqsQueue, sdk};
 use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
@@ -13,16 +13,13 @@ async fn main() -> Result<(), Error> {
     let queue_url = config::required("QUEUE_URL")?;
     let table_name = config::required("TABLE_NAME")?;
     // The caller is waiting: bound the time a struggling SQS can hold a request before the 503.
-    // Building the config and client makes no network call; credentials resolve on first use.
-    let aws = aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await;
+    let aws = sdk::load(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_timeout(Duration::from_secs(10))
+            .build(),
+    )
+    .await?;
     let app = App::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
         DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table_name),

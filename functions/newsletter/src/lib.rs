@@ -14,6 +14,7 @@ pub mod message;
 pub mod planning;
 pub mod queue;
 pub mod render;
+pub mod sdk;
 pub mod status;
 pub mod submit;
 pub mod tasks;
