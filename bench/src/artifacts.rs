@@ -115,7 +115,8 @@ pub fn sizes(binaries: &Path, target: &Path) -> anyhow::Result<Vec<Row>> {
         let host = megabytes(&binaries.join(name))?;
         rows.push(
             Row::new(format!("{name} bootstrap size, this host"), "MB", host)
-                .against("floor", floor),
+                .against("floor", floor)
+                .target(Target::AtMost(8.0)),
         );
         let shipped = target.join("lambda").join(name).join("bootstrap");
         if shipped.exists() {

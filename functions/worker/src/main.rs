@@ -1,8 +1,8 @@
 //! The `worker` Lambda: SQS batches in, newsletters out through SES v2, partial batch failures back.
 
 use aws_config::timeout::TimeoutConfig;
-use newsletter::sdk;
 use lambda_runtime::{Error, run, service_fn};
+use newsletter::sdk;
 use std::time::Duration;
 use worker::Config;
 
