@@ -175,6 +175,7 @@ where
             rejected = report.rejected,
             already_settled = report.already_settled,
             throttled = report.throttled,
+            emails_per_second = self.sender.current_rate(),
             owed = report.owed.len(),
             "chunk delivered"
         );
