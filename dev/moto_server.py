@@ -8,8 +8,10 @@ rewrites those timestamps and then starts the ordinary moto server with the give
 
 Fault injection for tests (off unless set), on SES v2 SendEmail:
     LOCAL_SES_REJECT=<regex>     recipients matching it are refused with MessageRejected (permanent)
-    LOCAL_SES_FAIL_ONCE=<regex>  the first send to each matching recipient fails with
+    LOCAL_SES_FAIL_FIRST=<regex> the first sends to each matching recipient fail with
                                  SendingPausedException (transient); later sends succeed
+    LOCAL_SES_FAIL_TIMES=<n>     how many first sends fail (default 3: the worker's tries per
+                                 invocation, so the recipient is left owed and sent on the retry)
 """
 
 import datetime
@@ -53,16 +55,16 @@ with_epoch_timestamps(models.Contact)
 with_epoch_timestamps(models.ContactList)
 
 
-def with_injected_send_failures(reject, fail_once):
+def with_injected_send_failures(reject, fail_first, fail_times):
     original = SESV2Backend.send_email
-    failed_once = set()
+    failures = {}
 
     def send_email(self, source, destinations, subject, body):
         for address in destinations.get("ToAddresses", []):
             if reject and reject.search(address):
                 raise JsonRESTError("MessageRejected", f"injected rejection of {address}")
-            if fail_once and fail_once.search(address) and address not in failed_once:
-                failed_once.add(address)
+            if fail_first and fail_first.search(address) and failures.get(address, 0) < fail_times:
+                failures[address] = failures.get(address, 0) + 1
                 raise JsonRESTError("SendingPausedException", f"injected failure for {address}")
         return original(self, source, destinations, subject, body)
 
@@ -74,8 +76,12 @@ def pattern(variable):
     return re.compile(value) if value else None
 
 
-if pattern("LOCAL_SES_REJECT") or pattern("LOCAL_SES_FAIL_ONCE"):
-    with_injected_send_failures(pattern("LOCAL_SES_REJECT"), pattern("LOCAL_SES_FAIL_ONCE"))
+if pattern("LOCAL_SES_REJECT") or pattern("LOCAL_SES_FAIL_FIRST"):
+    with_injected_send_failures(
+        pattern("LOCAL_SES_REJECT"),
+        pattern("LOCAL_SES_FAIL_FIRST"),
+        int(os.environ.get("LOCAL_SES_FAIL_TIMES", "3")),
+    )
 
 if __name__ == "__main__":
     server.main(sys.argv[1:])

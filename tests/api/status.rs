@@ -176,7 +176,7 @@ async fn a_redelivered_chunk_after_partial_ses_failures_sends_each_recipient_onc
         }],
         subscribers,
     };
-    let app = app(audience, &[("LOCAL_SES_FAIL_ONCE", "^flaky")]).await;
+    let app = app(audience, &[("LOCAL_SES_FAIL_FIRST", "^flaky")]).await;
     let body = json!({"subject": "S", "sections": [{"topic": "rust", "title": "T", "body": "B"}]})
         .to_string();
     let (_, task_id) = post(&app, post_request(&body)).await;

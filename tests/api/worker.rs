@@ -209,7 +209,7 @@ async fn when_ses_fails_for_some_recipients_only_they_are_retried() {
     let app = app_with(
         audience,
         &[
-            ("LOCAL_SES_FAIL_ONCE", "^flaky"),
+            ("LOCAL_SES_FAIL_FIRST", "^flaky"),
             ("LOCAL_SES_REJECT", "^bounce"),
         ],
     )
