@@ -40,7 +40,18 @@ pub fn build_with_store<S>(
 where
     S: TaskStore + ClaimStore,
 {
-    let ses = aws_sdk_sesv2::Client::new(aws);
+    // The contact-list APIs have low per-account request rates: when several plans run at once,
+    // back off and retry inside the SDK rather than fail the job message.
+    let ses = aws_sdk_sesv2::Client::from_conf(
+        aws_sdk_sesv2::config::Builder::from(aws)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(6)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .build(),
+    );
     // Sends are retried by the `Sender`, which slows down on throttling and holds each
     // recipient's claim meanwhile; SDK retries would resend behind its back, at the old rate.
     let ses_sending = aws_sdk_sesv2::Client::from_conf(
