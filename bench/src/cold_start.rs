@@ -32,15 +32,19 @@ pub struct ColdStart {
     pub peak_rss_mib: f64,
 }
 
+/// Runs `plan` for the function in `spec`; `reset` runs before each fresh process, so that each
+/// run starts from the same state of the local AWS server.
 pub async fn measure(
     spec: &FunctionSpec,
     event: &Bytes,
     check: Check,
     plan: Plan,
+    reset: impl AsyncFn() -> anyhow::Result<()>,
 ) -> anyhow::Result<ColdStart> {
     let (mut inits, mut firsts, mut cold_callers, mut warm) = (vec![], vec![], vec![], vec![]);
     let (mut warm_elapsed, mut peak_rss_kib) = (Duration::ZERO, 0);
     for _ in 0..plan.cold_runs {
+        reset().await?;
         let mut function = Running::spawn(spec).await?;
         let init = function.ready().await?;
         let (first, answer) = function.invoke(event.clone()).await?;
