@@ -271,15 +271,13 @@ impl TaskStore for DynamoStore {
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        failed: u64,
         stops_planning: bool,
     ) -> Result<(), StoreError> {
         let entry = AttributeValue::M(HashMap::from([
             ("part".to_owned(), s(failure.part)),
             ("error".to_owned(), s(failure.error)),
         ]));
-        let mut update = "ADD failed :failed \
-                          SET failures = list_append(if_not_exists(failures, :empty), :failure), updated_at = :now"
+        let mut update = "SET failures = list_append(if_not_exists(failures, :empty), :failure), updated_at = :now"
             .to_owned();
         if stops_planning {
             update.push_str(", planning_done = :true");
@@ -291,7 +289,6 @@ impl TaskStore for DynamoStore {
             .key("pk", task_key(task_id))
             .update_expression(update)
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":failed", n(failed))
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
             .expression_attribute_values(":failure", AttributeValue::L(vec![entry]))
             .expression_attribute_values(":now", s(now_rfc3339()));

@@ -237,12 +237,10 @@ impl TaskStore for MemoryStore {
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        failed: u64,
         stops_planning: bool,
     ) -> Result<(), StoreError> {
         self.update(task_id, |task| {
             task.failures.push(failure);
-            task.recipients.failed += failed;
             task.planning_done |= stops_planning;
         })
     }

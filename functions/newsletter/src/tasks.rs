@@ -139,13 +139,12 @@ pub trait TaskStore: Send + Sync {
         task_id: TaskId,
         counts: PageCounts,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Records a part of the task that will not be retried any more; `failed` recipients with it.
-    /// `stops_planning` when the part was a planning step: no later page will be planned.
+    /// Records a part of the task that will not be retried any more (its unsettled recipients
+    /// are settled as failed separately). `stops_planning` when the part was a planning step: no later page will be planned.
     fn record_failure(
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        failed: u64,
         stops_planning: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Moves the task to `status` unless it is already finished. `true` for the one caller that
@@ -249,10 +248,9 @@ impl<T: TaskStore> TaskStore for std::sync::Arc<T> {
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        failed: u64,
         stops_planning: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).record_failure(task_id, failure, failed, stops_planning)
+        (**self).record_failure(task_id, failure, stops_planning)
     }
     fn finish(
         &self,

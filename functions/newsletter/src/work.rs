@@ -244,7 +244,7 @@ where
                 error: err.to_string(),
             };
             self.store
-                .record_failure(task_id, failure, 0, stops_planning)
+                .record_failure(task_id, failure, stops_planning)
                 .await?;
             self.complete_if_done(task_id).await
         }
@@ -287,9 +287,7 @@ where
             error: err.to_string(),
         };
         let result = async {
-            self.store
-                .record_failure(task_id, failure, 0, is_job)
-                .await?;
+            self.store.record_failure(task_id, failure, is_job).await?;
             self.complete_if_done(task_id).await
         }
         .await;
