@@ -195,38 +195,6 @@ fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
     env
 }
 
-/// Deletes every message of a queue (PurgeQueue is allowed once a minute).
-async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> anyhow::Result<()> {
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .send()
-            .await?;
-        let entries: Vec<_> = received
-            .messages()
-            .iter()
-            .enumerate()
-            .filter_map(|(index, message)| {
-                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                    .id(index.to_string())
-                    .receipt_handle(message.receipt_handle()?)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        sqs.delete_message_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-    }
-}
-
 /// Section 1 (and the warm half of 2): each function started fresh several times, over plain
 /// HTTP to the local AWS server and over HTTPS as on Lambda, against the hello-world floor.
 async fn cold_starts(
@@ -301,7 +269,10 @@ async fn cold_starts(
         let queue_url = queue_url.to_owned();
         let spec = spec(name, paths, bin, env);
         let sqs = &sqs;
-        let empty_queue = async move || drain(sqs, &queue_url).await;
+        let empty_queue = async move || {
+            local_stack::drain_queue(sqs, &queue_url).await?;
+            anyhow::Ok(())
+        };
         async move { cold_start::measure(&spec, event, check, plan, empty_queue).await }
     };
     let accept_http = measure(

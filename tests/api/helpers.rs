@@ -178,32 +178,9 @@ impl TestApp {
 
     /// Takes everything off the jobs queue (receives and deletes it).
     pub async fn drain_queue(&self) -> Vec<String> {
-        let mut bodies = Vec::new();
-        loop {
-            let received = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.stack.queue_url)
-                .max_number_of_messages(10)
-                .visibility_timeout(300)
-                .send()
-                .await
-                .expect("receive from the jobs queue");
-            let messages = received.messages.unwrap_or_default();
-            if messages.is_empty() {
-                return bodies;
-            }
-            for message in messages {
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.stack.queue_url)
-                    .set_receipt_handle(message.receipt_handle)
-                    .send()
-                    .await
-                    .expect("delete from the jobs queue");
-                bodies.extend(message.body);
-            }
-        }
+        local_stack::drain_queue(&self.sqs, &self.stack.queue_url)
+            .await
+            .expect("drain the jobs queue")
     }
 
     pub async fn queue_depth(&self) -> u64 {

@@ -39,6 +39,44 @@ pub fn sdk_environment(endpoint: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Takes every message off a queue (receives and deletes it) and returns the bodies. PurgeQueue
+/// would be one call, but SQS (and moto) allow it once a minute.
+pub async fn drain_queue(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut bodies = Vec::new();
+    loop {
+        let messages = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await?
+            .messages
+            .unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(bodies);
+        }
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sqs.delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+        bodies.extend(messages.into_iter().filter_map(|message| message.body));
+    }
+}
+
 /// The repository root (this crate lives in `dev/local-stack`).
 pub fn repository_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
