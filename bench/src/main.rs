@@ -123,7 +123,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     let queues = (accept_queue_url.as_str(), stack.queue_url.as_str());
     if options.runs("cold-start") {
-        rows.extend(cold_starts(options, &paths, &moto, queues, &settings).await?);
+        rows.extend(cold_starts(options, &paths, (&moto, &aws), queues, &settings).await?);
         rows.extend(artifacts::rng_first_use(options.smoke).await?);
         match artifacts::criterion_figures(&paths.target)? {
             Some(row) => rows.push(row),
@@ -200,7 +200,7 @@ fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
 async fn cold_starts(
     options: &Options,
     paths: &Paths,
-    moto: &local_stack::MotoServer,
+    (moto, aws): (&local_stack::MotoServer, &aws_config::SdkConfig),
     (accept_queue_url, worker_queue_url): (&str, &str),
     settings: &local_stack::Settings,
 ) -> anyhow::Result<Vec<Row>> {
@@ -264,7 +264,7 @@ async fn cold_starts(
     .await?;
     // moto's SendMessage slows down as its queue fills (27 ms with ~1,500 messages queued against
     // 3.5 ms near empty, traced), which SQS does not: each run starts from an empty queue.
-    let sqs = aws_sdk_sqs::Client::new(&local_stack::sdk_config(&moto.endpoint()).await);
+    let sqs = aws_sdk_sqs::Client::new(aws);
     let measure = |name, bin, env, event, check, plan, queue_url: &str| {
         let queue_url = queue_url.to_owned();
         let spec = spec(name, paths, bin, env);
