@@ -63,7 +63,7 @@ async fn dev() -> anyhow::Result<()> {
         "\nReady: {} subscribers from {} in contact list '{}'.\n\
          \nPOST newsletters to {url}\n\
          \n  curl -i -X POST {url} -H 'content-type: application/json' -d @events/newsletter.json\n\
-         \nIts status: curl -i {url}/<task_id> (the 202's Location). Add -H 'Idempotency-Key: <key>' to make a POST safe to retry.\n\
+         \nIts status: curl -i {url}/<task_id> (the task_id of the 202; its Location is the path behind API Gateway). Add -H 'Idempotency-Key: <key>' to make a POST safe to retry.\n\
          \nEmails sent: make outbox (or make outbox TASK=<task id>). Function logs: .dev/functions.log.\n\
          Locally there is no IAM authentication in front of accept. Ctrl-C stops everything.\n",
         stack.settings.audience.subscribers.len(),
