@@ -111,12 +111,25 @@ def check_sqs_events(t):
         if visibility < 6 * timeout:
             problems.append(f"{queue}: VisibilityTimeout {visibility} < 6 x {name} Timeout {timeout}")
 
-        # The function knows which receive is the last before the dead-letter queue.
-        receives = number(t, queue_props.get("RedrivePolicy", {}).get("maxReceiveCount", 0))
-        told = variables(props).get("MAX_RECEIVE_COUNT")
+        # The worker plans its send budget over the timeout it is told, and checks the rate split
+        # against it at init: it must be the function's own.
+        told = variables(props).get("FUNCTION_TIMEOUT")
         told = None if told is None else number(t, told)
-        if told != receives:
-            problems.append(f"{name}: MAX_RECEIVE_COUNT {told} != {queue} RedrivePolicy maxReceiveCount {receives}")
+        if told != timeout:
+            problems.append(f"{name}: FUNCTION_TIMEOUT {told} != its Timeout {timeout}")
+
+        # The worker sweeps the queue's dead-letter queue on a schedule, to account for what reached it.
+        dlq = ref_id(queue_props.get("RedrivePolicy", {}).get("deadLetterTargetArn"))
+        told_dlq = variables(props).get("DEAD_LETTER_QUEUE_URL")
+        if not isinstance(told_dlq, dict) or told_dlq.get("Ref") != dlq:
+            problems.append(f"{name}: DEAD_LETTER_QUEUE_URL is {told_dlq}, want !Ref {dlq}")
+        sweeps = [
+            event
+            for event in props.get("Events", {}).values()
+            if event["Type"] == "Schedule" and event.get("Properties", {}).get("Input") == '{"sweep": "dead-letters"}'
+        ]
+        if len(sweeps) != 1:
+            problems.append(f"{name}: needs one Schedule event with Input {{\"sweep\": \"dead-letters\"}}")
     return problems
 
 
@@ -272,14 +285,23 @@ MUTATIONS = {
     "concurrency unbounded": ({"Parameters.WorkerMaxConcurrency.MaxValue": DELETE}, "2..1000"),
     "redrive after 3": ({"Resources.JobsQueue.Properties.RedrivePolicy.maxReceiveCount": 3}, "maxReceiveCount is 3"),
     "redrive constant 3": ({"Mappings.Constants.JobsQueue.MaxReceiveCount": 3}, "maxReceiveCount is 3"),
-    "worker told 4 receives": (
-        {f"{WORKER}.Environment.Variables.MAX_RECEIVE_COUNT": 4},
-        "WorkerFunction: MAX_RECEIVE_COUNT 4 != JobsQueue RedrivePolicy maxReceiveCount 5",
+    "worker told another timeout": (
+        {f"{WORKER}.Environment.Variables.FUNCTION_TIMEOUT": 30},
+        "WorkerFunction: FUNCTION_TIMEOUT 30 != its Timeout 60",
     ),
-    "worker not told receives": (
-        {f"{WORKER}.Environment.Variables.MAX_RECEIVE_COUNT": DELETE},
-        "MAX_RECEIVE_COUNT None",
+    "worker not told its timeout": (
+        {f"{WORKER}.Environment.Variables.FUNCTION_TIMEOUT": DELETE},
+        "FUNCTION_TIMEOUT None",
     ),
+    "timeout constant raised alone": (
+        {f"{WORKER}.Timeout": 90},
+        "FUNCTION_TIMEOUT 60 != its Timeout 90",
+    ),
+    "worker not told the dlq": (
+        {f"{WORKER}.Environment.Variables.DEAD_LETTER_QUEUE_URL": DELETE},
+        "DEAD_LETTER_QUEUE_URL is None",
+    ),
+    "no dead-letter sweep": ({f"{WORKER}.Events.DeadLetterSweep": DELETE}, "needs one Schedule event"),
     "dlq keeps 4 days": ({"Resources.JobsDeadLetterQueue.Properties.MessageRetentionPeriod": 345600}, "14 days"),
     "dlq unencrypted": (
         {"Resources.JobsDeadLetterQueue.Properties.SqsManagedSseEnabled": DELETE},

@@ -387,7 +387,7 @@ async fn queue_failure_is_503_with_retry_after_and_never_202() {
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
     assert!(
-        app.store.tasks.lock().unwrap().is_empty(),
+        app.store.task_count() == 0,
         "the task of a refused job is forgotten"
     );
     assert_eq!(answer.content_type, "application/problem+json");
@@ -517,7 +517,7 @@ async fn the_same_idempotency_key_twice_is_one_task_and_one_job() {
         second.headers[header::LOCATION]
     );
     assert_eq!(app.queue.sent.lock().unwrap().len(), 1);
-    assert_eq!(app.store.tasks.lock().unwrap().len(), 1);
+    assert_eq!(app.store.task_count(), 1);
 }
 
 #[tokio::test]
@@ -543,13 +543,7 @@ async fn a_key_still_being_processed_is_409() {
     let body = valid_body().to_string();
     send(&app, with_key("order-42", &body)).await;
     // As if the first request were still between reserving the key and queueing its job.
-    app.store
-        .keys
-        .lock()
-        .unwrap()
-        .get_mut("order-42")
-        .unwrap()
-        .2 = false;
+    app.store.mark_pending("order-42");
 
     let answer = send(&app, with_key("order-42", &body)).await;
 
@@ -594,7 +588,7 @@ async fn a_failed_enqueue_gives_the_key_back() {
         503
     );
     assert!(
-        app.store.keys.lock().unwrap().is_empty(),
+        app.store.key_count() == 0,
         "a retry with the key may try again"
     );
 }
@@ -603,10 +597,7 @@ async fn a_failed_enqueue_gives_the_key_back() {
 async fn a_store_outage_is_503_and_nothing_is_queued() {
     let app = App::new(
         RecordingQueue::default(),
-        MemoryStore {
-            fail: true,
-            ..Default::default()
-        },
+        MemoryStore::unreachable(),
     );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);

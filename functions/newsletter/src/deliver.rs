@@ -1,22 +1,122 @@
-//! Sending a delivery message's emails: concurrently, under the account's send rate, stopping
-//! before the invocation's deadline, and sorting out who is still owed an email.
+//! Sending a delivery chunk's emails, each recipient once: under a lease on the chunk,
+//! concurrently, under the account's send rate, starting nothing that cannot finish (and be
+//! recorded) before the invocation's deadline, and recording who was sent what in small groups.
 
-use crate::domain::{EmailAddress, TaskId, Topic};
+use crate::domain::{EmailAddress, Topic};
 use crate::message::{Delivery, Recipient};
 use crate::render::{RenderedEmail, render};
-use crate::tasks::{Claim, ClaimStore, MAX_SETTLEMENTS, Settlement, StoreError};
-use futures::{StreamExt, stream};
+use crate::tasks::{ChunkProgress, ChunkStore, Holder, Lease, Settled, StoreError};
+use futures::future::OptionFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use pace::AdaptiveRate;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 mod pace;
+
+/// Settled recipients recorded per write. With at most `max_in_flight` sends out at once, a
+/// worker killed at any instant leaves at most `max_in_flight + SETTLE_GROUP` recipients whose
+/// email SES may have accepted without a record of it (the crash window: they may get the
+/// email twice). A chunk of 50 then costs 1 lease + 6 record writes + 1 closing transaction.
+pub const SETTLE_GROUP: usize = 8;
+/// Tries of one store write (each is idempotent) before the chunk stops: a transaction
+/// conflict, throttling or a lost answer costs a retry, not a duplicate email.
+const STORE_ATTEMPTS: u32 = 5;
+const STORE_BACKOFF: Duration = Duration::from_millis(25);
+/// Rendered emails kept per chunk, by topic set: enough for the common case of a few topic
+/// sets, while memory stays bounded by what is in flight when every recipient's set differs.
+const RENDERED_KEPT: usize = 4;
+
+/// The longest one `SendEmail` may take; it is abandoned after that (SES may still have taken
+/// it: the recipient is then in the crash window).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Kept free at the end of an invocation for the last record write, the hand-back of what is
+/// left and the answer to Lambda.
+pub const SETTLE_RESERVE: Duration = Duration::from_secs(3);
+/// Kept free after all that, as a margin against a slow scheduler.
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
+/// Added to a lease's lapse, against clock skew between Lambda hosts.
+const LEASE_SKEW: Duration = Duration::from_secs(2);
 
 /// Tries of one email that fails transiently (a timeout, a 5xx) before it is left owed.
 const TRANSIENT_ATTEMPTS: u32 = 3;
 /// Wait before the first retry of a transient failure; doubled for each further one.
 const TRANSIENT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What an invocation may still do, from its deadline. No send starts after `stop_starting`,
+/// so every send ends (answer or [`SEND_TIMEOUT`]) and is recorded before `hard_stop`, which is
+/// [`SAFETY_MARGIN`] before Lambda's deadline. Short deadlines (tests) scale the reserves down.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub stop_starting: Instant,
+    pub hard_stop: Instant,
+    pub send_timeout: Duration,
+    /// When this invocation's leases lapse: its deadline, plus skew.
+    pub lapses: SystemTime,
+}
+
+impl Budget {
+    pub fn until(deadline: SystemTime) -> Self {
+        let remaining = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let (sending, send_timeout, reserve) = Self::split(remaining);
+        let now = Instant::now();
+        Self {
+            stop_starting: now + sending,
+            hard_stop: now + sending + send_timeout + reserve,
+            send_timeout,
+            lapses: deadline + LEASE_SKEW,
+        }
+    }
+
+    /// Of `time_limit`, how long sends may start for, how long each may take, and what is kept
+    /// for recording and handing back (the safety margin is what remains).
+    pub fn split(time_limit: Duration) -> (Duration, Duration, Duration) {
+        let margin = SAFETY_MARGIN.min(time_limit / 10);
+        let send_timeout = SEND_TIMEOUT.min(time_limit / 5);
+        let reserve = SETTLE_RESERVE.min(time_limit / 5);
+        let sending = time_limit.saturating_sub(margin + send_timeout + reserve);
+        (sending, send_timeout, reserve)
+    }
+
+    /// How long sends may still start for.
+    pub fn sending_time(&self) -> Duration {
+        self.stop_starting
+            .saturating_duration_since(Instant::now())
+    }
+}
+
+/// Calls `attempt` until it succeeds, [`STORE_ATTEMPTS`] times at most and while there is time
+/// before `until`, backing off with jitter in between. For idempotent store writes only.
+pub(crate) async fn with_retries<T, Fut>(
+    until: Instant,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = STORE_BACKOFF;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if tries < STORE_ATTEMPTS && Instant::now() + backoff * 2 < until => {
+                tracing::warn!(error = %err, tries, "store write failed; retrying");
+                // Jitter keeps instances that conflicted on one item from retrying in step.
+                let jitter = f64::from(SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos()) % 1000) / 1000.0;
+                tokio::time::sleep(backoff.mul_f64(1.0 + jitter)).await;
+                backoff *= 2;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
 
 /// Why one email was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,25 +166,38 @@ impl SendPolicy {
     }
 }
 
-/// The outcome of one delivery message.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What one chunk's invocation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeliveryReport {
     pub sent: usize,
     pub rejected: usize,
-    /// Recipients an earlier attempt had already settled: skipped, not sent again.
+    /// Recipients an earlier attempt had settled: skipped, not sent again.
     pub already_settled: usize,
     /// Throttling answers, each followed by a slower send to the same recipient.
     pub throttled: usize,
-    /// Recipients still owed the email: retryable failures, those another invocation is sending
-    /// to, and those not tried before the deadline.
-    pub owed: Vec<Recipient>,
+    /// Recipients left for another invocation: out of time, or failing transiently.
+    pub unsent: usize,
+    /// Transient failures (timeouts, 5xx) among the sends.
+    pub transient_failures: usize,
 }
 
 impl DeliveryReport {
-    /// Whether anything was settled, so that re-enqueueing the owed ones makes progress.
-    pub fn made_progress(&self) -> bool {
-        self.sent + self.rejected + self.already_settled > 0
+    /// Nothing was settled although sends were tried and failed: retrying at once would only
+    /// fail again, so the message is left to SQS's retries (and, in the end, its DLQ).
+    pub fn stalled(&self) -> bool {
+        self.sent + self.rejected == 0 && self.transient_failures > 0
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Every recipient is settled and counted on the task.
+    Finished(DeliveryReport),
+    /// Recipients are left (`report.unsent`); the lease is given up, so another invocation can
+    /// go on at once.
+    Unfinished(DeliveryReport),
+    /// Another invocation holds the chunk (a duplicate message): this one does nothing.
+    Busy,
 }
 
 pub struct Sender<M> {
@@ -93,26 +206,50 @@ pub struct Sender<M> {
     max_in_flight: usize,
 }
 
-/// What became of one recipient, and how many throttling answers it took.
-struct Outcome {
-    index: usize,
-    kind: OutcomeKind,
-    throttled: usize,
+/// What became of one recipient's email in this invocation.
+#[derive(Debug)]
+enum SendOutcome {
+    Sent,
+    Rejected(String),
+    Unsent { transient_failures: usize },
 }
 
-enum OutcomeKind {
-    Settle(Settlement),
-    AlreadySettled,
-    /// Owed without holding a claim (busy elsewhere, out of time, or the store failed).
-    Owed,
+/// Each distinct email rendered once while its topic set keeps coming; at most
+/// [`RENDERED_KEPT`] kept (the sends in flight hold their own).
+struct Renders<'a> {
+    delivery: &'a Delivery,
+    kept: VecDeque<(&'a [Topic], Arc<RenderedEmail>)>,
 }
 
-/// When an invocation must stop starting sends, and when its claims lapse.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    pub stop_sending: Instant,
-    pub claims_lapse: SystemTime,
+impl<'a> Renders<'a> {
+    fn new(delivery: &'a Delivery) -> Self {
+        Self {
+            delivery,
+            kept: VecDeque::with_capacity(RENDERED_KEPT),
+        }
+    }
+
+    fn get(&mut self, topics: &'a [Topic]) -> Arc<RenderedEmail> {
+        if let Some(index) = self.kept.iter().position(|(kept, _)| *kept == topics) {
+            let entry = self.kept.remove(index);
+            if let Some(entry) = entry {
+                let email = entry.1.clone();
+                self.kept.push_front(entry);
+                return email;
+            }
+        }
+        let email = Arc::new(render(
+            self.delivery.task_id,
+            &self.delivery.newsletter,
+            topics,
+        ));
+        self.kept.truncate(RENDERED_KEPT - 1);
+        self.kept.push_front((topics, email.clone()));
+        email
+    }
 }
+
+type Recording<'a> = Pin<Box<dyn Future<Output = (Settled, Result<(), StoreError>)> + Send + 'a>>;
 
 impl<M: Mailer> Sender<M> {
     pub fn new(mailer: M, policy: SendPolicy) -> Self {
@@ -132,148 +269,202 @@ impl<M: Mailer> Sender<M> {
         &self.mailer
     }
 
-    /// Sends to every recipient of `delivery` that can be reached before the deadline, each at
-    /// most once: a recipient is claimed before its send and settled after it, in batches. If a
-    /// settlement fails, the emails sent since the last one may be sent again on a retry.
-    pub async fn deliver(
+    /// About how many emails this sender can start within `budget`.
+    pub fn capacity(&self, budget: &Budget) -> usize {
+        (self.rate.current() * budget.sending_time().as_secs_f64()) as usize
+    }
+
+    /// Sends `delivery`'s chunk to every recipient it still owes that can be reached within
+    /// `budget`, under a lease for `holder`. Recipients are recorded [`SETTLE_GROUP`] at a time
+    /// while sends go on, and the chunk is closed (counted on its task) or released at the end.
+    /// An error means the store failed even after retries: the lease is left to lapse, and
+    /// the recipients not recorded (at most the crash window) may be sent again.
+    pub async fn deliver<S: ChunkStore>(
         &self,
         delivery: &Delivery,
-        claims: &impl ClaimStore,
-        deadline: Deadline,
-    ) -> Result<DeliveryReport, StoreError> {
-        // Many recipients share a set of topics: render each distinct email once.
-        let mut emails: HashMap<&[Topic], RenderedEmail> = HashMap::new();
-        for recipient in &delivery.recipients {
-            emails
-                .entry(recipient.topics.as_slice())
-                .or_insert_with(|| {
-                    render(delivery.task_id, &delivery.newsletter, &recipient.topics)
-                });
-        }
+        store: &S,
+        holder: &Holder,
+        budget: &Budget,
+    ) -> Result<ChunkOutcome, StoreError> {
+        let (task_id, chunk) = (delivery.task_id, delivery.chunk_id.as_str());
+        let size = delivery.recipients.len();
+        let lease = with_retries(budget.hard_stop, || {
+            store.lease(task_id, chunk, size, holder)
+        })
+        .await?;
+        let progress = match lease {
+            Lease::Busy => return Ok(ChunkOutcome::Busy),
+            Lease::Finished => {
+                return Ok(ChunkOutcome::Finished(DeliveryReport {
+                    already_settled: size,
+                    ..DeliveryReport::default()
+                }));
+            }
+            Lease::Held(progress) => progress,
+        };
+        let mut pending: VecDeque<u16> =
+            (0..size as u16).filter(|p| progress.owes(*p)).collect();
+        let mut report = DeliveryReport {
+            already_settled: size - pending.len(),
+            ..DeliveryReport::default()
+        };
 
-        // Futures are built up front (they do nothing until polled) so the stream holds named
-        // types; `buffer_unordered` then runs at most `max_in_flight` of them at once.
-        let sends: Vec<_> = delivery
-            .recipients
-            .iter()
-            .enumerate()
-            .map(|(index, recipient)| {
-                let email = &emails[recipient.topics.as_slice()];
-                self.send_one(delivery.task_id, index, recipient, email, claims, deadline)
-            })
-            .collect();
-        let mut outcomes = stream::iter(sends).buffer_unordered(self.max_in_flight);
-
-        let mut report = DeliveryReport::default();
-        let mut owed_indexes = Vec::new();
-        let mut unsettled = Vec::new();
-        while let Some(Outcome {
-            index,
-            kind,
-            throttled,
-        }) = outcomes.next().await
-        {
-            report.throttled += throttled;
-            match kind {
-                OutcomeKind::Settle(settlement) => {
-                    match &settlement {
-                        Settlement::Sent(_) => report.sent += 1,
-                        Settlement::Rejected(_) => report.rejected += 1,
-                        Settlement::Released(_) => owed_indexes.push(index),
-                    }
-                    unsettled.push(settlement);
-                    if unsettled.len() == MAX_SETTLEMENTS {
-                        claims
-                            .settle(delivery.task_id, &std::mem::take(&mut unsettled))
-                            .await?;
+        let mut renders = Renders::new(delivery);
+        let mut sends = FuturesUnordered::new();
+        let mut unrecorded = Settled::default();
+        let mut recording: Option<Recording<'_>> = None;
+        let mut recording_len = 0;
+        let mut recorded = Settled::default();
+        // Out of time, or the store is failing: start nothing more.
+        let mut stopped = false;
+        // After a record write failed for good, only the last write (close or release) tries again.
+        let mut store_failing = false;
+        let window = self.max_in_flight + SETTLE_GROUP;
+        loop {
+            while !stopped
+                && sends.len() < self.max_in_flight
+                && sends.len() + unrecorded.len() + recording_len < window
+            {
+                let Some(&position) = pending.front() else {
+                    break;
+                };
+                let Some(slot) = self.rate.reserve(budget.stop_starting) else {
+                    stopped = true;
+                    break;
+                };
+                pending.pop_front();
+                let recipient = &delivery.recipients[usize::from(position)];
+                let email = renders.get(&recipient.topics);
+                sends.push(self.send_one(position, recipient, email, slot, budget));
+            }
+            if recording.is_none() && !store_failing && unrecorded.len() >= SETTLE_GROUP {
+                let batch = std::mem::take(&mut unrecorded);
+                recording_len = batch.len();
+                recording = Some(Box::pin(async move {
+                    let result = with_retries(budget.hard_stop, || {
+                        store.record(task_id, chunk, holder, &batch)
+                    })
+                    .await;
+                    (batch, result)
+                }));
+            }
+            if sends.is_empty() && recording.is_none() {
+                break;
+            }
+            tokio::select! {
+                Some((position, outcome, throttled)) = sends.next(), if !sends.is_empty() => {
+                    report.throttled += throttled;
+                    match outcome {
+                        SendOutcome::Sent => {
+                            report.sent += 1;
+                            unrecorded.sent.push(position);
+                        }
+                        SendOutcome::Rejected(reason) => {
+                            tracing::warn!(chunk, position, %reason, "email rejected; not retried");
+                            report.rejected += 1;
+                            unrecorded.rejected.push(position);
+                        }
+                        SendOutcome::Unsent { transient_failures } => {
+                            report.unsent += 1;
+                            report.transient_failures += transient_failures;
+                        }
                     }
                 }
-                OutcomeKind::AlreadySettled => report.already_settled += 1,
-                OutcomeKind::Owed => owed_indexes.push(index),
+                Some((batch, result)) = OptionFuture::from(recording.as_mut()) => {
+                    recording = None;
+                    recording_len = 0;
+                    match result {
+                        Ok(()) => recorded.append(batch),
+                        Err(err) => {
+                            tracing::error!(chunk, error = %err, "recording sends failed; stopping the chunk");
+                            stopped = true;
+                            store_failing = true;
+                            unrecorded.append(batch);
+                        }
+                    }
+                }
             }
         }
-        claims.settle(delivery.task_id, &unsettled).await?;
+        report.unsent += pending.len();
 
-        owed_indexes.sort_unstable();
-        report.owed = owed_indexes
-            .into_iter()
-            .map(|index| delivery.recipients[index].clone())
-            .collect();
-        Ok(report)
+        let mut after: ChunkProgress = progress.clone();
+        after.apply(&recorded);
+        after.apply(&unrecorded);
+        if report.unsent == 0 {
+            with_retries(budget.hard_stop, || {
+                store.close(task_id, chunk, holder, &unrecorded, &after)
+            })
+            .await?;
+            Ok(ChunkOutcome::Finished(report))
+        } else {
+            with_retries(budget.hard_stop, || {
+                store.release_lease(task_id, chunk, holder, &unrecorded)
+            })
+            .await?;
+            Ok(ChunkOutcome::Unfinished(report))
+        }
     }
 
+    /// Sends to one recipient at `slot` (a turn of the rate), until SES takes or refuses the
+    /// email, or a transient failure persists, or no turn is left before the stop. Retrying here,
+    /// under the lease, is what lets a throttled send go out within this invocation.
     async fn send_one(
         &self,
-        task_id: TaskId,
-        index: usize,
+        position: u16,
         recipient: &Recipient,
-        email: &RenderedEmail,
-        claims: &impl ClaimStore,
-        deadline: Deadline,
-    ) -> Outcome {
-        let outcome = |kind, throttled| Outcome {
-            index,
-            kind,
-            throttled,
-        };
-        if Instant::now() >= deadline.stop_sending {
-            return outcome(OutcomeKind::Owed, 0);
-        }
-        match claims
-            .claim(task_id, &recipient.email, deadline.claims_lapse)
-            .await
-        {
-            Ok(Claim::Acquired) => {}
-            Ok(Claim::Sent | Claim::Rejected) => return outcome(OutcomeKind::AlreadySettled, 0),
-            Ok(Claim::Busy) => return outcome(OutcomeKind::Owed, 0),
-            Err(err) => {
-                tracing::warn!(error = %err, "claim failed; recipient stays owed");
-                return outcome(OutcomeKind::Owed, 0);
-            }
-        }
-        let (settlement, throttled) = self.send_claimed(recipient, email, deadline).await;
-        outcome(OutcomeKind::Settle(settlement), throttled)
-    }
-
-    /// Sends to a claimed recipient until SES takes or refuses the email, or until a transient
-    /// failure persists or the deadline comes. Retrying here, while holding the claim, is what
-    /// lets a throttled send go out within this invocation instead of waiting for a redelivery.
-    async fn send_claimed(
-        &self,
-        recipient: &Recipient,
-        email: &RenderedEmail,
-        deadline: Deadline,
-    ) -> (Settlement, usize) {
-        let address = recipient.email.clone();
+        email: Arc<RenderedEmail>,
+        slot: Instant,
+        budget: &Budget,
+    ) -> (u16, SendOutcome, usize) {
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
             _ => None,
         };
-        let (mut throttled, mut transient_failures) = (0, 0);
+        let (mut slot, mut throttled, mut transient_failures) = (slot, 0, 0);
         loop {
-            self.rate.ready().await;
-            if Instant::now() >= deadline.stop_sending {
-                return (Settlement::Released(address), throttled);
-            }
-            let reason = match self.mailer.send(&recipient.email, email, topic).await {
-                Ok(()) => return (Settlement::Sent(address), throttled),
+            tokio::time::sleep_until(slot).await;
+            let answer = tokio::time::timeout(
+                budget.send_timeout,
+                self.mailer.send(&recipient.email, &email, topic),
+            )
+            .await
+            .unwrap_or_else(|_| Err(SendError::Transient("no answer in time".into())));
+            let not_before = match answer {
+                Ok(()) => return (position, SendOutcome::Sent, throttled),
                 Err(SendError::Permanent(reason)) => {
-                    tracing::warn!(recipient = %recipient.email, %reason, "email rejected; not retried");
-                    return (Settlement::Rejected(address), throttled);
+                    return (position, SendOutcome::Rejected(reason), throttled);
                 }
                 Err(SendError::Throttled(_)) => {
                     self.rate.throttled();
                     throttled += 1;
-                    continue;
+                    Instant::now()
                 }
-                Err(SendError::Transient(reason)) => reason,
+                Err(SendError::Transient(reason)) => {
+                    transient_failures += 1;
+                    if transient_failures == TRANSIENT_ATTEMPTS as usize {
+                        tracing::warn!(position, %reason, "email not sent; left for a retry");
+                        return (
+                            position,
+                            SendOutcome::Unsent { transient_failures },
+                            throttled,
+                        );
+                    }
+                    Instant::now() + TRANSIENT_BACKOFF * 2u32.pow(transient_failures as u32 - 1)
+                }
             };
-            transient_failures += 1;
-            if transient_failures == TRANSIENT_ATTEMPTS {
-                tracing::warn!(recipient = %recipient.email, %reason, "email not sent; will retry later");
-                return (Settlement::Released(address), throttled);
+            // A retry takes a turn of its own, and only one that starts in time.
+            match self.rate.reserve(budget.stop_starting) {
+                Some(next) if next.max(not_before) <= budget.stop_starting => {
+                    slot = next.max(not_before);
+                }
+                _ => {
+                    return (
+                        position,
+                        SendOutcome::Unsent { transient_failures },
+                        throttled,
+                    );
+                }
             }
-            tokio::time::sleep(TRANSIENT_BACKOFF * 2u32.pow(transient_failures - 1)).await;
         }
     }
 }

@@ -1,29 +1,40 @@
 //! The task store on one DynamoDB table with a string partition key `pk` and TTL on `expires_at`:
 //!
-//! | item | pk | lives |
-//! |---|---|---|
-//! | task status and counters | `task#<task id>` | 90 days |
-//! | idempotency key | `idem#<key>` | 24 hours |
-//! | recipient claim | `claim#<task id>#<email>` | 30 days |
-//! | planned-page marker | `page#<task id>#<page>` | 30 days |
+//! | item | pk | holds | lives |
+//! |---|---|---|---|
+//! | task | `task#<task id>` | status, counters, pages planned, failures by part | 90 days |
+//! | idempotency key | `idem#<key>` | task id, request fingerprint, state | 24 hours |
+//! | page plan | `plan#<task id>#<page>` | the page's chunks of recipients (compact JSON) | 30 days |
+//! | page marker | `page#<task id>#<page>` | whether the plan's messages are all queued | 30 days |
+//! | chunk | `chunk#<task id>#<chunk id>` | lease, positions sent / rejected / failed (number sets), what is counted | 30 days |
+//!
+//! Write cost per email (on-demand, items under 1 KB): a chunk of 50 takes one lease write, a
+//! record write per [`crate::deliver::SETTLE_GROUP`] settled recipients, and one two-item
+//! transaction when done (4 units); only that transaction touches the task item.
 
 use crate::aws_error::describe;
-use crate::domain::{EmailAddress, TaskId};
+use crate::domain::{EmailAddress, TaskId, Topic};
+use crate::message::Recipient;
+use crate::planning::PagePlan;
 use crate::tasks::{
-    Claim, ClaimStore, IdempotencyStore, PageCounts, PartFailure, Recipients, Reservation,
-    Settlement, StoreError, TaskRecord, TaskStatus, TaskStore, epoch_seconds,
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState,
+    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
+    TaskStore, epoch_millis, epoch_seconds,
 };
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 const TASK_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 const IDEMPOTENCY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-const CLAIM_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+const RECORD_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -34,46 +45,86 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
-    /// The live reservation of `key`, if any (an expired one that TTL has not removed yet is none).
-    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("idem#{key}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        let now = epoch_seconds(SystemTime::now());
-        Ok(output
-            .item
-            .filter(|item| number(item, "expires_at") >= now)
-            .and_then(|item| reservation(&item)))
-    }
-
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
         }
     }
+
+    /// The live reservation of `key`, if any (an expired one that TTL has not removed yet is none).
+    async fn lookup(&self, key: &str) -> Result<Option<Reservation>, StoreError> {
+        let now = epoch_seconds(SystemTime::now());
+        Ok(self
+            .read(s(format!("idem#{key}")))
+            .await?
+            .filter(|item| number(item, "expires_at") >= now)
+            .and_then(|item| reservation(&item)))
+    }
+
+    /// One item, read consistently.
+    async fn read(&self, key: AttributeValue) -> Result<Option<Item>, StoreError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", key)
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|output| output.item)
+            .map_err(store_error)
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactError> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| match failed_conditions(&err) {
+                Some(failed) => TransactError::Conditions(failed),
+                None => TransactError::Store(store_error(err)),
+            })
+    }
+
+    fn update(&self, key: AttributeValue) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        Update::builder().table_name(&self.table).key("pk", key)
+    }
+}
+
+/// A transaction that failed: some items' conditions (by position), or anything else.
+enum TransactError {
+    Conditions(Vec<bool>),
+    Store(StoreError),
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: u64) -> AttributeValue {
+fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
+}
+
+fn positions(values: impl IntoIterator<Item = u16>) -> AttributeValue {
+    AttributeValue::Ns(values.into_iter().map(|p| p.to_string()).collect())
 }
 
 fn task_key(task_id: TaskId) -> AttributeValue {
     s(format!("task#{task_id}"))
 }
 
-fn claim_key(task_id: TaskId, recipient: &EmailAddress) -> AttributeValue {
-    s(format!("claim#{task_id}#{recipient}"))
+fn plan_key(task_id: TaskId, page: u32) -> AttributeValue {
+    s(format!("plan#{task_id}#{page}"))
+}
+
+fn page_key(task_id: TaskId, page: u32) -> AttributeValue {
+    s(format!("page#{task_id}#{page}"))
+}
+
+fn chunk_key(task_id: TaskId, chunk_id: &str) -> AttributeValue {
+    s(format!("chunk#{task_id}#{chunk_id}"))
 }
 
 fn now_rfc3339() -> String {
@@ -94,6 +145,10 @@ where
     StoreError(describe(&err))
 }
 
+fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError(err.to_string())
+}
+
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
         .and_then(|value| value.as_s().ok())
@@ -107,23 +162,35 @@ fn number(item: &Item, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn failures(item: &Item) -> Vec<PartFailure> {
-    let Some(Ok(list)) = item.get("failures").map(AttributeValue::as_l) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|entry| entry.as_m().ok())
-        .map(|entry| PartFailure {
-            part: text(entry, "part").unwrap_or_default().to_owned(),
-            error: text(entry, "error").unwrap_or_default().to_owned(),
-        })
-        .collect()
+fn flag(item: &Item, name: &str) -> bool {
+    matches!(item.get(name), Some(AttributeValue::Bool(true)))
+}
+
+fn position_set(item: &Item, name: &str) -> BTreeSet<u16> {
+    item.get(name)
+        .and_then(|value| value.as_ns().ok())
+        .map(|set| set.iter().filter_map(|raw| raw.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
     let status = text(item, "status")
         .and_then(TaskStatus::parse)
         .ok_or_else(|| StoreError(format!("task {task_id} has no valid status")))?;
+    let failures = match item.get("failures").map(AttributeValue::as_m) {
+        Some(Ok(parts)) => {
+            let mut failures: Vec<PartFailure> = parts
+                .iter()
+                .map(|(part, error)| PartFailure {
+                    part: part.clone(),
+                    error: error.as_s().cloned().unwrap_or_default(),
+                })
+                .collect();
+            failures.sort_by(|a, b| a.part.cmp(&b.part));
+            failures
+        }
+        _ => Vec::new(),
+    };
     Ok(TaskRecord {
         task_id,
         status,
@@ -135,8 +202,9 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
             skipped: number(item, "skipped"),
             failed: number(item, "failed"),
         },
-        planning_done: matches!(item.get("planning_done"), Some(AttributeValue::Bool(true))),
-        failures: failures(item),
+        planning_done: item.contains_key("page_count")
+            && number(item, "page_count") == number(item, "pages_planned"),
+        failures,
     })
 }
 
@@ -148,22 +216,115 @@ fn reservation(item: &Item) -> Option<Reservation> {
     })
 }
 
+fn chunk_progress(item: &Item) -> ChunkProgress {
+    ChunkProgress {
+        sent: position_set(item, "sent"),
+        rejected: position_set(item, "rejected"),
+        failed: position_set(item, "failed"),
+        counted: (number(item, "counted_sent"), number(item, "counted_failed")),
+    }
+}
+
 /// Which items of a cancelled transaction failed their condition (by position), or `None`
-/// when the transaction failed for another reason.
-fn failed_conditions<R>(
-    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
-) -> Option<Vec<bool>> {
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+/// when the transaction failed for another reason (a conflict, throttling, a timeout).
+fn failed_conditions<R>(err: &SdkError<TransactWriteItemsError, R>) -> Option<Vec<bool>> {
     match err.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => Some(
-            cancelled
-                .cancellation_reasons()
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+            let reasons = cancelled.cancellation_reasons();
+            let codes: Vec<Option<&str>> = reasons.iter().map(|reason| reason.code()).collect();
+            // A conflict or throttling cancels with other codes: that is not a condition.
+            codes
                 .iter()
-                .map(|reason| reason.code() == Some("ConditionalCheckFailed"))
-                .collect(),
-        ),
+                .all(|code| matches!(code, None | Some("None" | "ConditionalCheckFailed")))
+                .then(|| {
+                    codes
+                        .iter()
+                        .map(|code| *code == Some("ConditionalCheckFailed"))
+                        .collect()
+                })
+        }
         _ => None,
     }
+}
+
+/// A page plan as stored: each topic written once, recipients as their address and the
+/// positions of their topics, so that 1,000 recipients fit well inside DynamoDB's 400 KB item.
+#[derive(Serialize, Deserialize)]
+struct StoredPlan {
+    topics: Vec<Topic>,
+    chunks: Vec<Vec<(EmailAddress, Vec<u8>)>>,
+    contacts: u64,
+    skipped: u64,
+    invalid_addresses: u64,
+    next_token: Option<String>,
+}
+
+fn encode_plan(plan: &PagePlan) -> Result<String, StoreError> {
+    let mut topics: Vec<Topic> = Vec::new();
+    let mut position = |topic: &Topic| match topics.iter().position(|known| known == topic) {
+        Some(index) => index as u8,
+        None => {
+            topics.push(topic.clone());
+            (topics.len() - 1) as u8
+        }
+    };
+    let chunks = plan
+        .chunks
+        .iter()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|recipient| {
+                    let indexes = recipient.topics.iter().map(&mut position).collect();
+                    (recipient.email.clone(), indexes)
+                })
+                .collect()
+        })
+        .collect();
+    let stored = StoredPlan {
+        topics,
+        chunks,
+        contacts: plan.contacts,
+        skipped: plan.skipped,
+        invalid_addresses: plan.invalid_addresses,
+        next_token: plan.next_token.clone(),
+    };
+    serde_json::to_string(&stored).map_err(|err| StoreError(err.to_string()))
+}
+
+fn decode_plan(page: u32, raw: &str) -> Result<PagePlan, StoreError> {
+    let stored: StoredPlan = serde_json::from_str(raw)
+        .map_err(|err| StoreError(format!("stored plan of page {page} is unreadable: {err}")))?;
+    let topic = |index: &u8| {
+        stored
+            .topics
+            .get(usize::from(*index))
+            .cloned()
+            .ok_or_else(|| StoreError(format!("stored plan of page {page} names no topic {index}")))
+    };
+    let chunks = stored
+        .chunks
+        .iter()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|(email, indexes)| {
+                    Ok(Recipient {
+                        email: email.clone(),
+                        topics: indexes.iter().map(topic).collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PagePlan {
+        page,
+        chunks,
+        contacts: stored.contacts,
+        skipped: stored.skipped,
+        invalid_addresses: stored.invalid_addresses,
+        next_token: stored.next_token,
+    })
 }
 
 impl TaskStore for DynamoStore {
@@ -180,7 +341,9 @@ impl TaskStore for DynamoStore {
             .item("sent", n(0))
             .item("skipped", n(0))
             .item("failed", n(0))
-            .item("planning_done", AttributeValue::Bool(false))
+            .item("pages_planned", n(0))
+            // Failures are recorded by part (`SET failures.#part`), which needs the map to exist.
+            .item("failures", AttributeValue::M(HashMap::new()))
             .item("expires_at", expires_in(TASK_LIFETIME))
             .condition_expression("attribute_not_exists(pk)")
             .send()
@@ -201,86 +364,21 @@ impl TaskStore for DynamoStore {
     }
 
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", task_key(task_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        output
-            .item
+        self.read(task_key(task_id))
+            .await?
             .map(|item| task_record(task_id, &item))
             .transpose()
-    }
-
-    async fn record_page(&self, task_id: TaskId, counts: PageCounts) -> Result<(), StoreError> {
-        let status = if counts.last {
-            TaskStatus::Sending
-        } else {
-            TaskStatus::Planning
-        };
-        let marker = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(format!("page#{task_id}#{}", counts.page)))
-            .item("expires_at", expires_in(CLAIM_LIFETIME))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|err| StoreError(err.to_string()))?;
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", task_key(task_id))
-            .update_expression(
-                "ADD planned :planned, skipped :skipped, failed :failed \
-                 SET #status = :status, planning_done = :done, updated_at = :now",
-            )
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":planned", n(counts.planned))
-            .expression_attribute_values(":skipped", n(counts.skipped))
-            .expression_attribute_values(":failed", n(counts.failed))
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":done", AttributeValue::Bool(counts.last))
-            .expression_attribute_values(":now", s(now_rfc3339()))
-            .build()
-            .map_err(|err| StoreError(err.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(marker).build())
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => match failed_conditions(&err).as_deref() {
-                // The page was recorded by an earlier attempt: its counts are in already.
-                Some([true, ..]) => Ok(()),
-                Some([_, true]) => {
-                    tracing::warn!("no status record for this task; its counts are not kept");
-                    Ok(())
-                }
-                _ => Err(store_error(err)),
-            },
-        }
     }
 
     async fn record_failure(
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        stops_planning: bool,
+        stops_planning_at: Option<u32>,
     ) -> Result<(), StoreError> {
-        let entry = AttributeValue::M(HashMap::from([
-            ("part".to_owned(), s(failure.part)),
-            ("error".to_owned(), s(failure.error)),
-        ]));
-        let mut update = "SET failures = list_append(if_not_exists(failures, :empty), :failure), updated_at = :now"
-            .to_owned();
-        if stops_planning {
-            update.push_str(", planning_done = :true");
+        let mut update = "SET failures.#part = :error, updated_at = :now".to_owned();
+        if stops_planning_at.is_some() {
+            update.push_str(", page_count = if_not_exists(page_count, :page)");
         }
         let mut request = self
             .client
@@ -289,11 +387,11 @@ impl TaskStore for DynamoStore {
             .key("pk", task_key(task_id))
             .update_expression(update)
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":failure", AttributeValue::L(vec![entry]))
+            .expression_attribute_names("#part", failure.part)
+            .expression_attribute_values(":error", s(failure.error))
             .expression_attribute_values(":now", s(now_rfc3339()));
-        if stops_planning {
-            request = request.expression_attribute_values(":true", AttributeValue::Bool(true));
+        if let Some(page) = stops_planning_at {
+            request = request.expression_attribute_values(":page", n(page));
         }
         request.send().await.map(|_| ()).map_err(store_error)
     }
@@ -307,16 +405,12 @@ impl TaskStore for DynamoStore {
             .key("pk", task_key(task_id))
             .update_expression("SET #status = :status, updated_at = :now")
             .condition_expression(
-                "attribute_exists(pk) AND NOT #status IN (:completed, :with_errors)",
+                "attribute_exists(pk) AND #status <> :status AND #status <> :completed",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
-            .expression_attribute_values(
-                ":with_errors",
-                s(TaskStatus::CompletedWithErrors.as_str()),
-            )
             .send()
             .await;
         match result {
@@ -400,39 +494,263 @@ impl IdempotencyStore for DynamoStore {
     }
 }
 
-impl ClaimStore for DynamoStore {
-    async fn claim(
-        &self,
-        task_id: TaskId,
-        recipient: &EmailAddress,
-        lapses: SystemTime,
-    ) -> Result<Claim, StoreError> {
+
+impl PlanStore for DynamoStore {
+    async fn page_state(&self, task_id: TaskId, page: u32) -> Result<PageState, StoreError> {
+        let Some(marker) = self.read(page_key(task_id, page)).await? else {
+            return Ok(PageState::Unplanned);
+        };
+        if flag(&marker, "enqueued") {
+            return Ok(PageState::Enqueued);
+        }
+        let plan = self
+            .read(plan_key(task_id, page))
+            .await?
+            .ok_or_else(|| StoreError(format!("page {page} is counted but has no stored plan")))?;
+        let raw = text(&plan, "plan").unwrap_or_default();
+        Ok(PageState::Planned(decode_plan(page, raw)?))
+    }
+
+    async fn record_page(&self, task_id: TaskId, plan: PagePlan) -> Result<PagePlan, StoreError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
-        let result = self
+        // The plan first, on its own item (it can be 100s of KB; the marker below stays small,
+        // so the transaction and later marker writes cost a unit or two each). The first plan
+        // stored wins: a retry that read a changed contact list uses the stored one.
+        let stored = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", claim_key(task_id, recipient))
-            .item("state", s("sending"))
-            .item("lapses_at", n(epoch_seconds(lapses)))
-            .item("expires_at", expires_in(CLAIM_LIFETIME))
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#state = :sending AND lapses_at < :now)",
+            .item("pk", plan_key(task_id, plan.page))
+            .item("plan", s(encode_plan(&plan)?))
+            .item("expires_at", expires_in(RECORD_LIFETIME))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        let plan = match stored {
+            Ok(_) => plan,
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                let item = self.read(plan_key(task_id, plan.page)).await?.ok_or_else(|| {
+                    StoreError(format!("the plan of page {} vanished", plan.page))
+                })?;
+                decode_plan(plan.page, text(&item, "plan").unwrap_or_default())?
+            }
+            Err(err) => return Err(store_error(err)),
+        };
+
+        let marker = Put::builder()
+            .table_name(&self.table)
+            .item("pk", page_key(task_id, plan.page))
+            .item("enqueued", AttributeValue::Bool(false))
+            .item("expires_at", expires_in(RECORD_LIFETIME))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_error)?;
+        // A redriven planning step clears its failure, and planning goes on past it again.
+        let (status, pages) = if plan.is_last() {
+            (
+                TaskStatus::Sending,
+                ", page_count = :page_count REMOVE failures.#part",
             )
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":sending", s("sending"))
-            .expression_attribute_values(":now", n(epoch_seconds(SystemTime::now())))
+        } else {
+            (TaskStatus::Planning, " REMOVE page_count, failures.#part")
+        };
+        let mut counts = self
+            .update(task_key(task_id))
+            .update_expression(format!(
+                "ADD planned :planned, skipped :skipped, failed :failed, pages_planned :one \
+                 SET #status = :status, updated_at = :now{pages}"
+            ))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#part", PartFailure::planning_part(plan.page))
+            .expression_attribute_values(":planned", n(plan.contacts))
+            .expression_attribute_values(":skipped", n(plan.skipped))
+            .expression_attribute_values(":failed", n(plan.invalid_addresses))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":now", s(now_rfc3339()));
+        if plan.is_last() {
+            counts = counts.expression_attribute_values(":page_count", n(plan.page + 1));
+        }
+        let counts = counts.build().map_err(build_error)?;
+        match self
+            .transact(vec![
+                TransactWriteItem::builder().put(marker).build(),
+                TransactWriteItem::builder().update(counts).build(),
+            ])
+            .await
+        {
+            Ok(()) => Ok(plan),
+            // Counted by an earlier attempt (whose answer may have been lost).
+            Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => Ok(plan),
+            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
+                "no status record for task {task_id}: its pages cannot be counted"
+            ))),
+            Err(TransactError::Store(err)) => Err(err),
+        }
+    }
+
+    async fn mark_page_enqueued(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", page_key(task_id, page))
+            .update_expression("SET enqueued = :true")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
+}
+
+/// The parts of an update expression that record settled positions.
+struct SettleExpression {
+    add: Vec<&'static str>,
+    delete: Option<&'static str>,
+    values: Vec<(&'static str, AttributeValue)>,
+}
+
+impl SettleExpression {
+    fn new(settled: &Settled) -> Self {
+        let mut expression = Self {
+            add: Vec::new(),
+            delete: None,
+            values: Vec::new(),
+        };
+        if !settled.sent.is_empty() {
+            expression.add.push("sent :sent");
+            expression
+                .values
+                .push((":sent", positions(settled.sent.iter().copied())));
+        }
+        if !settled.rejected.is_empty() {
+            expression.add.push("rejected :rejected");
+            expression
+                .values
+                .push((":rejected", positions(settled.rejected.iter().copied())));
+        }
+        if !settled.is_empty() {
+            // A failed recipient that a redrive settles leaves the failed set.
+            expression.delete = Some("failed :settled");
+            expression.values.push((
+                ":settled",
+                positions(settled.sent.iter().chain(&settled.rejected).copied()),
+            ));
+        }
+        expression
+    }
+
+    /// `ADD … DELETE …`, then `rest` (more clauses).
+    fn expression(&self, rest: &str) -> String {
+        let mut text = String::new();
+        if !self.add.is_empty() {
+            text.push_str("ADD ");
+            text.push_str(&self.add.join(", "));
+            text.push(' ');
+        }
+        if let Some(delete) = self.delete {
+            text.push_str("DELETE ");
+            text.push_str(delete);
+            text.push(' ');
+        }
+        text.push_str(rest);
+        text
+    }
+}
+
+impl DynamoStore {
+    /// Records `settled` under `holder`'s lease, and `rest` of an update expression with it.
+    async fn settle(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        rest: &str,
+    ) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let expression = SettleExpression::new(settled);
+        let update = expression.expression(rest);
+        if update.trim().is_empty() {
+            return Ok(());
+        }
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", chunk_key(task_id, chunk_id))
+            .update_expression(update)
+            .condition_expression("holder = :holder")
+            .expression_attribute_values(":holder", s(&holder.token));
+        for (name, value) in expression.values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Err(StoreError(format!("the lease on chunk {chunk_id} was lost")))
+            }
+            Err(err) => Err(store_error(err)),
+        }
+    }
+}
+
+impl ChunkStore for DynamoStore {
+    async fn lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        holder: &Holder,
+    ) -> Result<Lease, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", chunk_key(task_id, chunk_id))
+            .condition_expression(
+                "(attribute_not_exists(holder) OR holder = :holder OR lease_until < :now) \
+                 AND (attribute_not_exists(done) OR done = :false)",
+            )
+            .expression_attribute_names("#size", "size")
+            .update_expression(
+                "SET holder = :holder, lease_until = :until, #size = :size, \
+                 counted_sent = if_not_exists(counted_sent, :zero), \
+                 counted_failed = if_not_exists(counted_failed, :zero), \
+                 expires_at = if_not_exists(expires_at, :expires)",
+            )
+            .expression_attribute_values(":holder", s(&holder.token))
+            .expression_attribute_values(":until", n(epoch_millis(holder.lapses)))
+            .expression_attribute_values(":size", n(size))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":expires", expires_in(RECORD_LIFETIME))
+            .expression_attribute_values(":now", n(epoch_millis(SystemTime::now())))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Claim::Acquired),
+            Ok(output) => Ok(Lease::Held(chunk_progress(
+                &output.attributes.unwrap_or_default(),
+            ))),
             Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(taken)) => {
-                    Ok(match taken.item().and_then(|item| text(item, "state")) {
-                        Some("sent") => Claim::Sent,
-                        Some("rejected") => Claim::Rejected,
-                        _ => Claim::Busy,
+                Some(UpdateItemError::ConditionalCheckFailedException(taken)) => {
+                    Ok(match taken.item() {
+                        Some(item) if flag(item, "done") => Lease::Finished,
+                        _ => Lease::Busy,
                     })
                 }
                 _ => Err(store_error(err)),
@@ -440,85 +758,200 @@ impl ClaimStore for DynamoStore {
         }
     }
 
-    async fn settle(&self, task_id: TaskId, settlements: &[Settlement]) -> Result<(), StoreError> {
-        let count = |wanted: fn(&Settlement) -> bool| {
-            settlements.iter().filter(|s| wanted(s)).count() as u64
-        };
-        let sent = count(|s| matches!(s, Settlement::Sent(_)));
-        let rejected = count(|s| matches!(s, Settlement::Rejected(_)));
-        let build_error = |err: aws_sdk_dynamodb::error::BuildError| StoreError(err.to_string());
+    async fn record(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        self.settle(task_id, chunk_id, holder, settled, "").await
+    }
 
-        let mut items = Vec::with_capacity(settlements.len() + 1);
-        if sent + rejected > 0 {
-            let update = Update::builder()
-                .table_name(&self.table)
-                .key("pk", task_key(task_id))
-                .update_expression("ADD sent :sent, failed :rejected SET updated_at = :now")
-                .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":sent", n(sent))
-                .expression_attribute_values(":rejected", n(rejected))
-                .expression_attribute_values(":now", s(now_rfc3339()))
-                .build()
-                .map_err(build_error)?;
-            items.push(TransactWriteItem::builder().update(update).build());
+    async fn release_lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        self.settle(task_id, chunk_id, holder, settled, "REMOVE holder, lease_until")
+            .await
+    }
+
+    async fn close(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        progress: &ChunkProgress,
+    ) -> Result<(), StoreError> {
+        let totals = progress.totals();
+        let expression = SettleExpression::new(settled);
+        let mut chunk = self
+            .update(chunk_key(task_id, chunk_id))
+            .update_expression(expression.expression(
+                "SET counted_sent = :total_sent, counted_failed = :total_failed, done = :done \
+                 REMOVE holder, lease_until",
+            ))
+            .condition_expression(
+                "holder = :holder AND counted_sent = :counted_sent \
+                 AND counted_failed = :counted_failed",
+            )
+            .expression_attribute_values(":holder", s(&holder.token))
+            .expression_attribute_values(":total_sent", n(totals.0))
+            .expression_attribute_values(":total_failed", n(totals.1))
+            .expression_attribute_values(":counted_sent", n(progress.counted.0))
+            .expression_attribute_values(":counted_failed", n(progress.counted.1))
+            .expression_attribute_values(":done", AttributeValue::Bool(progress.failed.is_empty()));
+        for (name, value) in expression.values {
+            chunk = chunk.expression_attribute_values(name, value);
         }
-        for settlement in settlements {
-            let item = match settlement {
-                Settlement::Sent(recipient) | Settlement::Rejected(recipient) => {
-                    let state = if matches!(settlement, Settlement::Sent(_)) {
-                        "sent"
-                    } else {
-                        "rejected"
-                    };
-                    let put = Put::builder()
-                        .table_name(&self.table)
-                        .item("pk", claim_key(task_id, recipient))
-                        .item("state", s(state))
-                        .item("expires_at", expires_in(CLAIM_LIFETIME))
-                        .build()
-                        .map_err(build_error)?;
-                    TransactWriteItem::builder().put(put).build()
-                }
-                Settlement::Released(recipient) => {
-                    let delete = Delete::builder()
-                        .table_name(&self.table)
-                        .key("pk", claim_key(task_id, recipient))
-                        .build()
-                        .map_err(build_error)?;
-                    TransactWriteItem::builder().delete(delete).build()
-                }
-            };
-            items.push(item);
+        let chunk = chunk.build().map_err(build_error)?;
+        let delta_sent = totals.0 as i64 - progress.counted.0 as i64;
+        let delta_failed = totals.1 as i64 - progress.counted.1 as i64;
+        // Failures are kept by part; the part is cleared once nobody in it is failed any more.
+        let clear_failure = if progress.failed.is_empty() {
+            " REMOVE failures.#part"
+        } else {
+            ""
+        };
+        let task = self
+            .update(task_key(task_id))
+            .update_expression(format!(
+                "ADD sent :sent, failed :failed SET updated_at = :now{clear_failure}"
+            ))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":sent", n(delta_sent))
+            .expression_attribute_values(":failed", n(delta_failed))
+            .expression_attribute_values(":now", s(now_rfc3339()));
+        let task = if clear_failure.is_empty() {
+            task
+        } else {
+            task.expression_attribute_names("#part", PartFailure::delivery_part(chunk_id))
         }
-        if items.is_empty() {
-            return Ok(());
-        }
-        let counted = sent + rejected > 0;
+        .build()
+        .map_err(build_error)?;
         let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items.clone()))
-            .send()
+            .transact(vec![
+                TransactWriteItem::builder().update(chunk).build(),
+                TransactWriteItem::builder().update(task).build(),
+            ])
             .await;
         match result {
-            Ok(_) => Ok(()),
-            // Only the task's condition can fail: it has no status record (an event sent by
-            // hand, or a task past its lifetime). Settle the claims all the same.
-            Err(err)
-                if counted
-                    && failed_conditions(&err)
-                        .is_some_and(|failed| failed.first() == Some(&true)) =>
-            {
-                tracing::warn!("no status record for this task; its counts are not kept");
-                self.client
-                    .transact_write_items()
-                    .set_transact_items(Some(items.split_off(1)))
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(store_error)
+            Ok(()) => Ok(()),
+            Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => {
+                // Either an earlier call of ours went through and its answer was lost (then
+                // the chunk is counted as we wanted, and nobody holds it), or the lease is gone.
+                let item = self.read(chunk_key(task_id, chunk_id)).await?;
+                let closed = item.as_ref().is_some_and(|item| {
+                    !item.contains_key("holder") && chunk_progress(item).counted == totals
+                });
+                if closed {
+                    Ok(())
+                } else {
+                    Err(StoreError(format!("the lease on chunk {chunk_id} was lost")))
+                }
             }
-            Err(err) => Err(store_error(err)),
+            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
+                "no status record for task {task_id}: chunk {chunk_id} cannot be counted"
+            ))),
+            Err(TransactError::Store(err)) => Err(err),
+        }
+    }
+
+    async fn fail_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        failure: PartFailure,
+    ) -> Result<Accounting, StoreError> {
+        let now = epoch_millis(SystemTime::now());
+        let item = self.read(chunk_key(task_id, chunk_id)).await?;
+        let progress = item.as_ref().map(chunk_progress).unwrap_or_default();
+        if item
+            .as_ref()
+            .is_some_and(|item| item.contains_key("holder") && number(item, "lease_until") >= now)
+        {
+            return Ok(Accounting::Held);
+        }
+        let unsettled: Vec<u16> = (0..size as u16)
+            .filter(|position| progress.owes(*position) && !progress.failed.contains(position))
+            .collect();
+        let mut after = progress.clone();
+        after.failed.extend(&unsettled);
+        let totals = after.totals();
+        if unsettled.is_empty() && totals == progress.counted {
+            return Ok(Accounting::Accounted);
+        }
+        let mut chunk = self
+            .update(chunk_key(task_id, chunk_id))
+            .update_expression(format!(
+                "{}SET counted_sent = :total_sent, counted_failed = :total_failed, done = :false, \
+                 #size = :size, expires_at = if_not_exists(expires_at, :expires) \
+                 REMOVE holder, lease_until",
+                if unsettled.is_empty() {
+                    ""
+                } else {
+                    "ADD failed :unsettled "
+                }
+            ))
+            .condition_expression(
+                "attribute_not_exists(pk) OR (counted_sent = :counted_sent \
+                 AND counted_failed = :counted_failed \
+                 AND (attribute_not_exists(holder) OR lease_until < :now))",
+            )
+            .expression_attribute_names("#size", "size")
+            .expression_attribute_values(":total_sent", n(totals.0))
+            .expression_attribute_values(":total_failed", n(totals.1))
+            .expression_attribute_values(":counted_sent", n(progress.counted.0))
+            .expression_attribute_values(":counted_failed", n(progress.counted.1))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":size", n(size))
+            .expression_attribute_values(":expires", expires_in(RECORD_LIFETIME))
+            .expression_attribute_values(":now", n(now));
+        if !unsettled.is_empty() {
+            chunk = chunk.expression_attribute_values(":unsettled", positions(unsettled));
+        }
+        let task = self
+            .update(task_key(task_id))
+            .update_expression(
+                "ADD sent :sent, failed :failed SET updated_at = :now, failures.#part = :error",
+            )
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#part", failure.part)
+            .expression_attribute_values(
+                ":sent",
+                n(totals.0 as i64 - progress.counted.0 as i64),
+            )
+            .expression_attribute_values(
+                ":failed",
+                n(totals.1 as i64 - progress.counted.1 as i64),
+            )
+            .expression_attribute_values(":error", s(failure.error))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .build()
+            .map_err(build_error)?;
+        match self
+            .transact(vec![
+                TransactWriteItem::builder()
+                    .update(chunk.build().map_err(build_error)?)
+                    .build(),
+                TransactWriteItem::builder().update(task).build(),
+            ])
+            .await
+        {
+            Ok(()) => Ok(Accounting::Accounted),
+            // Someone leased or counted it meanwhile: look again on the next sweep.
+            Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => {
+                Ok(Accounting::Held)
+            }
+            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
+                "no status record for task {task_id}: chunk {chunk_id} cannot be counted"
+            ))),
+            Err(TransactError::Store(err)) => Err(err),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! In-memory stand-ins for the queue, the contact list and the mail service, for unit tests of
-//! the domain and the handlers. Integration tests use the real SDK clients against moto instead.
+//! In-memory stand-ins for the queue, the contact list, the mail service and the task store, for
+//! unit tests of the domain and the handlers, with faults to inject. Integration tests use the
+//! real SDK clients against the local AWS instead; the store contract (`contract`) holds
+//! [`MemoryStore`] to what the DynamoDB store does there.
 
 use crate::audience::TopicDefaults;
 use crate::deliver::{Mailer, SendError};
@@ -7,27 +9,48 @@ use crate::directory::{ContactDirectory, ContactPage, DirectoryError};
 use crate::domain::TaskId;
 use crate::domain::{EmailAddress, Topic};
 use crate::message::Message;
-use crate::queue::{MessageQueue, QueueError};
+use crate::queue::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
 use crate::render::RenderedEmail;
+use crate::planning::PagePlan;
 use crate::tasks::{
-    Claim, ClaimStore, IdempotencyStore, PageCounts, PartFailure, Recipients, Reservation,
-    Settlement, StoreError, TaskRecord, TaskStatus, TaskStore,
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState,
+    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
+    TaskStore,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-/// Records what is sent; refuses everything when `fail` is set.
+/// A fault a fake injects into one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails and changes nothing (refused, throttled, a conflict).
+    Fail,
+    /// The call takes effect, but its answer is lost: the caller sees an error.
+    LoseAnswer,
+}
+
+/// Records what is sent; refuses everything when `fail` is set, and the next calls as `faults`
+/// says.
 #[derive(Debug, Default)]
 pub struct RecordingQueue {
     pub sent: Mutex<Vec<Message>>,
     pub fail: bool,
+    pub faults: Mutex<VecDeque<Fault>>,
 }
 
 impl RecordingQueue {
     pub fn take(&self) -> Vec<Message> {
         std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+
+    pub fn failing_next(faults: impl IntoIterator<Item = Fault>) -> Self {
+        Self {
+            faults: Mutex::new(faults.into_iter().collect()),
+            ..Self::default()
+        }
     }
 }
 
@@ -37,10 +60,69 @@ impl MessageQueue for RecordingQueue {
     }
 
     async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
-        if self.fail {
+        let fault = self.faults.lock().unwrap().pop_front();
+        if self.fail || fault == Some(Fault::Fail) {
             return Err(QueueError("connection refused".into()));
         }
         self.sent.lock().unwrap().extend_from_slice(messages);
+        if fault == Some(Fault::LoseAnswer) {
+            return Err(QueueError("timed out waiting for the answer".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A dead-letter queue in memory: what it holds stays until taken with `take`; receiving hides
+/// a message until it is put back.
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    pub messages: Mutex<Vec<(String, bool)>>,
+}
+
+impl MemoryDeadLetters {
+    pub fn holding(bodies: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            messages: Mutex::new(bodies.into_iter().map(|body| (body, false)).collect()),
+        }
+    }
+
+    /// The bodies held, visible or not.
+    pub fn bodies(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(body, _)| body.clone())
+            .collect()
+    }
+}
+
+impl DeadLetterQueue for MemoryDeadLetters {
+    async fn receive(&self, _hidden_for: Duration) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut messages = self.messages.lock().unwrap();
+        Ok(messages
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, (_, hidden))| !*hidden)
+            .take(10)
+            .map(|(index, (body, hidden))| {
+                *hidden = true;
+                DeadLetter {
+                    receipt: index.to_string(),
+                    body: body.clone(),
+                }
+            })
+            .collect())
+    }
+
+    async fn put_back(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let mut messages = self.messages.lock().unwrap();
+        for receipt in receipts {
+            if let Some((_, hidden)) = receipt.parse().ok().and_then(|i: usize| messages.get_mut(i))
+            {
+                *hidden = false;
+            }
+        }
         Ok(())
     }
 }
@@ -146,51 +228,148 @@ impl Mailer for RecordingMailer {
     }
 }
 
-/// The task, idempotency and claim records in memory, with the same conditions as the DynamoDB
-/// store (one writer wins; claims lapse; pages count once).
-#[derive(Debug, Default)]
+/// The task, idempotency, plan and chunk records in memory, with the same conditions as the
+/// DynamoDB store (the `contract` scenarios hold both to them). Clones share the records, as
+/// clients of one table do.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    pub tasks: Mutex<HashMap<TaskId, TaskRecord>>,
-    pub keys: Mutex<HashMap<String, (TaskId, String, bool)>>,
-    pub claims: Mutex<HashMap<(TaskId, String), (ClaimState, SystemTime)>>,
-    pub pages: Mutex<HashSet<(TaskId, u32)>>,
+    state: Arc<Mutex<Records>>,
     /// Makes every call fail, as an unreachable table would.
     pub fail: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimState {
-    Sending,
-    Sent,
-    Rejected,
+#[derive(Debug, Default)]
+struct Records {
+    tasks: HashMap<TaskId, StoredTask>,
+    keys: HashMap<String, (TaskId, String, bool)>,
+    plans: HashMap<(TaskId, u32), PagePlan>,
+    enqueued: HashSet<(TaskId, u32)>,
+    chunks: HashMap<(TaskId, String), StoredChunk>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredTask {
+    record: TaskRecord,
+    failures: BTreeMap<String, String>,
+    pages_planned: u32,
+    /// Pages in all, once known (the last page is planned, or planning stopped).
+    page_count: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StoredChunk {
+    progress: ChunkProgress,
+    holder: Option<Holder>,
+}
+
+impl StoredChunk {
+    fn leased_to_another(&self, holder: Option<&Holder>, now: SystemTime) -> bool {
+        self.holder
+            .as_ref()
+            .is_some_and(|held| Some(&held.token) != holder.map(|h| &h.token) && held.lapses >= now)
+    }
+
+    fn finished(&self) -> bool {
+        self.progress.failed.is_empty() && self.progress.counted == self.progress.totals()
+    }
 }
 
 impl MemoryStore {
-    fn check(&self) -> Result<(), StoreError> {
+    /// A store whose every call fails, as an unreachable table's would.
+    pub fn unreachable() -> Self {
+        Self {
+            fail: true,
+            ..Self::default()
+        }
+    }
+
+    fn records(&self) -> Result<std::sync::MutexGuard<'_, Records>, StoreError> {
         if self.fail {
             return Err(StoreError("connection refused".into()));
         }
-        Ok(())
+        Ok(self.state.lock().unwrap())
     }
 
-    fn update(
-        &self,
-        task_id: TaskId,
-        change: impl FnOnce(&mut TaskRecord),
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        let mut tasks = self.tasks.lock().unwrap();
-        let task = tasks
-            .get_mut(&task_id)
-            .ok_or_else(|| StoreError(format!("no task {task_id}")))?;
-        change(task);
-        Ok(())
+    /// How many tasks are recorded.
+    pub fn task_count(&self) -> usize {
+        self.state.lock().unwrap().tasks.len()
     }
+
+    /// How many idempotency keys are reserved.
+    pub fn key_count(&self) -> usize {
+        self.state.lock().unwrap().keys.len()
+    }
+
+    /// Puts a reserved key back to "not queued yet", as if its request were still between
+    /// reserving the key and queueing its job.
+    pub fn mark_pending(&self, key: &str) {
+        if let Some(entry) = self.state.lock().unwrap().keys.get_mut(key) {
+            entry.2 = false;
+        }
+    }
+
+    /// The chunk's progress as stored, for tests that look inside.
+    pub fn chunk(&self, task_id: TaskId, chunk_id: &str) -> Option<ChunkProgress> {
+        let records = self.state.lock().unwrap();
+        let chunk = records.chunks.get(&(task_id, chunk_id.to_owned()))?;
+        Some(chunk.progress.clone())
+    }
+
+    /// Leaves a lease on a chunk as an invocation that held it would (alive or dead).
+    pub fn hold(&self, task_id: TaskId, chunk_id: &str, holder: Holder) {
+        let mut records = self.state.lock().unwrap();
+        records
+            .chunks
+            .entry((task_id, chunk_id.to_owned()))
+            .or_default()
+            .holder = Some(holder);
+    }
+}
+
+impl Records {
+    fn task(&mut self, task_id: TaskId) -> Result<&mut StoredTask, StoreError> {
+        self.tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| StoreError(format!("no task {task_id}")))
+    }
+}
+
+impl StoredTask {
+    fn view(&self) -> TaskRecord {
+        let mut record = self.record.clone();
+        record.planning_done = self.page_count == Some(self.pages_planned);
+        record.failures = self
+            .failures
+            .iter()
+            .map(|(part, error)| PartFailure {
+                part: part.clone(),
+                error: error.clone(),
+            })
+            .collect();
+        record
+    }
+
+    fn add(&mut self, sent: i64, failed: i64) {
+        let counts = &mut self.record.recipients;
+        counts.sent = counts.sent.saturating_add_signed(sent);
+        counts.failed = counts.failed.saturating_add_signed(failed);
+    }
+}
+
+/// The change of the task's counters that brings them from `counted` to `totals`.
+fn delta(counted: (u64, u64), totals: (u64, u64)) -> (i64, i64) {
+    (
+        totals.0 as i64 - counted.0 as i64,
+        totals.1 as i64 - counted.1 as i64,
+    )
 }
 
 impl TaskStore for MemoryStore {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.check()?;
+        let mut records = self.records()?;
+        if records.tasks.contains_key(&task_id) {
+            return Err(StoreError(format!("task {task_id} exists")));
+        }
         let record = TaskRecord {
             task_id,
             status: TaskStatus::Accepted,
@@ -200,60 +379,51 @@ impl TaskStore for MemoryStore {
             planning_done: false,
             failures: Vec::new(),
         };
-        self.tasks.lock().unwrap().insert(task_id, record);
+        records.tasks.insert(
+            task_id,
+            StoredTask {
+                record,
+                failures: BTreeMap::new(),
+                pages_planned: 0,
+                page_count: None,
+            },
+        );
         Ok(())
     }
 
     async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.check()?;
-        self.tasks.lock().unwrap().remove(&task_id);
+        self.records()?.tasks.remove(&task_id);
         Ok(())
     }
 
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.check()?;
-        Ok(self.tasks.lock().unwrap().get(&task_id).cloned())
-    }
-
-    async fn record_page(&self, task_id: TaskId, counts: PageCounts) -> Result<(), StoreError> {
-        self.check()?;
-        if !self.pages.lock().unwrap().insert((task_id, counts.page)) {
-            return Ok(());
-        }
-        self.update(task_id, |task| {
-            task.recipients.planned += counts.planned;
-            task.recipients.skipped += counts.skipped;
-            task.recipients.failed += counts.failed;
-            task.planning_done = counts.last;
-            task.status = if counts.last {
-                TaskStatus::Sending
-            } else {
-                TaskStatus::Planning
-            };
-        })
+        Ok(self.records()?.tasks.get(&task_id).map(StoredTask::view))
     }
 
     async fn record_failure(
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        stops_planning: bool,
+        stops_planning_at: Option<u32>,
     ) -> Result<(), StoreError> {
-        self.update(task_id, |task| {
-            task.failures.push(failure);
-            task.planning_done |= stops_planning;
-        })
+        let mut records = self.records()?;
+        let task = records.task(task_id)?;
+        task.failures.insert(failure.part, failure.error);
+        if let Some(page) = stops_planning_at {
+            task.page_count.get_or_insert(page);
+        }
+        Ok(())
     }
 
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
-        let mut moved = false;
-        self.update(task_id, |task| {
-            if !task.status.is_finished() {
-                task.status = status;
-                moved = true;
-            }
-        })?;
-        Ok(moved)
+        let mut records = self.records()?;
+        let task = records.task(task_id)?;
+        let current = task.record.status;
+        if current == status || current == TaskStatus::Completed {
+            return Ok(false);
+        }
+        task.record.status = status;
+        Ok(true)
     }
 }
 
@@ -264,88 +434,352 @@ impl IdempotencyStore for MemoryStore {
         fingerprint: &str,
         task_id: TaskId,
     ) -> Result<Reservation, StoreError> {
-        self.check()?;
-        let mut keys = self.keys.lock().unwrap();
-        if let Some((task_id, fingerprint, queued)) = keys.get(key) {
+        let mut records = self.records()?;
+        if let Some((task_id, fingerprint, queued)) = records.keys.get(key) {
             return Ok(Reservation::Existing {
                 task_id: *task_id,
                 fingerprint: fingerprint.clone(),
                 queued: *queued,
             });
         }
-        keys.insert(key.to_owned(), (task_id, fingerprint.to_owned(), false));
+        records
+            .keys
+            .insert(key.to_owned(), (task_id, fingerprint.to_owned(), false));
         Ok(Reservation::New)
     }
 
     async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
-        self.check()?;
-        if let Some(entry) = self.keys.lock().unwrap().get_mut(key) {
+        if let Some(entry) = self.records()?.keys.get_mut(key) {
             entry.2 = true;
         }
         Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
-        self.check()?;
-        self.keys.lock().unwrap().remove(key);
+        self.records()?.keys.remove(key);
         Ok(())
     }
 }
 
-impl ClaimStore for MemoryStore {
-    async fn claim(
+impl PlanStore for MemoryStore {
+    async fn page_state(&self, task_id: TaskId, page: u32) -> Result<PageState, StoreError> {
+        let records = self.records()?;
+        Ok(if records.enqueued.contains(&(task_id, page)) {
+            PageState::Enqueued
+        } else {
+            match records.plans.get(&(task_id, page)) {
+                Some(plan) => PageState::Planned(plan.clone()),
+                None => PageState::Unplanned,
+            }
+        })
+    }
+
+    async fn record_page(&self, task_id: TaskId, plan: PagePlan) -> Result<PagePlan, StoreError> {
+        let mut records = self.records()?;
+        if let Some(stored) = records.plans.get(&(task_id, plan.page)) {
+            return Ok(stored.clone());
+        }
+        let task = records.task(task_id)?;
+        let counts = &mut task.record.recipients;
+        counts.planned += plan.contacts;
+        counts.skipped += plan.skipped;
+        counts.failed += plan.invalid_addresses;
+        task.pages_planned += 1;
+        task.page_count = plan.is_last().then_some(plan.page + 1);
+        task.failures.remove(&PartFailure::planning_part(plan.page));
+        task.record.status = if plan.is_last() {
+            TaskStatus::Sending
+        } else {
+            TaskStatus::Planning
+        };
+        records.plans.insert((task_id, plan.page), plan.clone());
+        Ok(plan)
+    }
+
+    async fn mark_page_enqueued(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        self.records()?.enqueued.insert((task_id, page));
+        Ok(())
+    }
+}
+
+impl ChunkStore for MemoryStore {
+    async fn lease(
         &self,
         task_id: TaskId,
-        recipient: &EmailAddress,
-        lapses: SystemTime,
-    ) -> Result<Claim, StoreError> {
-        self.check()?;
-        let mut claims = self.claims.lock().unwrap();
-        let key = (task_id, recipient.to_string());
-        match claims.get(&key) {
-            Some((ClaimState::Sent, _)) => Ok(Claim::Sent),
-            Some((ClaimState::Rejected, _)) => Ok(Claim::Rejected),
-            Some((ClaimState::Sending, lapse)) if *lapse >= SystemTime::now() => Ok(Claim::Busy),
-            _ => {
-                claims.insert(key, (ClaimState::Sending, lapses));
-                Ok(Claim::Acquired)
+        chunk_id: &str,
+        _size: usize,
+        holder: &Holder,
+    ) -> Result<Lease, StoreError> {
+        let mut records = self.records()?;
+        let chunk = records
+            .chunks
+            .entry((task_id, chunk_id.to_owned()))
+            .or_default();
+        if chunk.finished() && chunk.progress.counted != (0, 0) {
+            return Ok(Lease::Finished);
+        }
+        if chunk.leased_to_another(Some(holder), SystemTime::now()) {
+            return Ok(Lease::Busy);
+        }
+        chunk.holder = Some(holder.clone());
+        Ok(Lease::Held(chunk.progress.clone()))
+    }
+
+    async fn record(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records()?;
+        let chunk = held_chunk(&mut records, task_id, chunk_id, holder)?;
+        chunk.progress.apply(settled);
+        Ok(())
+    }
+
+    async fn release_lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records()?;
+        let chunk = held_chunk(&mut records, task_id, chunk_id, holder)?;
+        chunk.progress.apply(settled);
+        chunk.holder = None;
+        Ok(())
+    }
+
+    async fn close(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        progress: &ChunkProgress,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records()?;
+        let key = (task_id, chunk_id.to_owned());
+        let stored = records.chunks.get(&key).cloned().unwrap_or_default();
+        if stored.holder.is_none() && stored.progress.counted == progress.totals() {
+            return Ok(()); // an earlier call did it; its answer was lost
+        }
+        let had_failures = !stored.progress.failed.is_empty();
+        if stored.holder.as_ref().map(|held| &held.token) != Some(&holder.token)
+            || stored.progress.counted != progress.counted
+        {
+            return Err(StoreError("the chunk's lease was lost".into()));
+        }
+        let task = records.task(task_id)?;
+        let (sent, failed) = delta(progress.counted, progress.totals());
+        task.add(sent, failed);
+        let mut closed = stored;
+        closed.progress.apply(settled);
+        if had_failures && closed.progress.failed.is_empty() {
+            task.failures.remove(&PartFailure::delivery_part(chunk_id));
+        }
+        closed.progress.counted = progress.totals();
+        closed.holder = None;
+        records.chunks.insert(key, closed);
+        Ok(())
+    }
+
+    async fn fail_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        failure: PartFailure,
+    ) -> Result<Accounting, StoreError> {
+        let mut records = self.records()?;
+        let key = (task_id, chunk_id.to_owned());
+        let mut chunk = records.chunks.get(&key).cloned().unwrap_or_default();
+        if chunk.leased_to_another(None, SystemTime::now()) {
+            return Ok(Accounting::Held);
+        }
+        for position in 0..size as u16 {
+            if chunk.progress.owes(position) {
+                chunk.progress.failed.insert(position);
             }
+        }
+        let totals = chunk.progress.totals();
+        if chunk.progress.counted == totals {
+            return Ok(Accounting::Accounted);
+        }
+        let task = records.task(task_id)?;
+        let (sent, failed) = delta(chunk.progress.counted, totals);
+        task.add(sent, failed);
+        if !chunk.progress.failed.is_empty() {
+            task.failures.insert(failure.part, failure.error);
+        }
+        chunk.progress.counted = totals;
+        chunk.holder = None;
+        records.chunks.insert(key, chunk);
+        Ok(Accounting::Accounted)
+    }
+}
+
+fn held_chunk<'a>(
+    records: &'a mut Records,
+    task_id: TaskId,
+    chunk_id: &str,
+    holder: &Holder,
+) -> Result<&'a mut StoredChunk, StoreError> {
+    records
+        .chunks
+        .get_mut(&(task_id, chunk_id.to_owned()))
+        .filter(|chunk| chunk.holder.as_ref().map(|held| &held.token) == Some(&holder.token))
+        .ok_or_else(|| StoreError("the chunk's lease was lost".into()))
+}
+
+/// A store that injects faults into the chunk writes named in `faults` ("lease", "record",
+/// "release", "close"), in order, and otherwise is `inner`: what a store does under a
+/// conflict, throttling, or an answer lost after the write was applied.
+#[derive(Debug, Default)]
+pub struct FaultyStore<S> {
+    pub inner: S,
+    pub faults: Mutex<HashMap<&'static str, VecDeque<Fault>>>,
+    /// Faults injected so far, by operation.
+    pub injected: Mutex<HashMap<&'static str, usize>>,
+}
+
+impl<S> FaultyStore<S> {
+    pub fn new(inner: S, faults: impl IntoIterator<Item = (&'static str, Vec<Fault>)>) -> Self {
+        Self {
+            inner,
+            faults: Mutex::new(
+                faults
+                    .into_iter()
+                    .map(|(operation, faults)| (operation, faults.into()))
+                    .collect(),
+            ),
+            injected: Mutex::default(),
         }
     }
 
-    async fn settle(&self, task_id: TaskId, settlements: &[Settlement]) -> Result<(), StoreError> {
-        self.check()?;
-        let (mut sent, mut rejected) = (0, 0);
-        {
-            let mut claims = self.claims.lock().unwrap();
-            for settlement in settlements {
-                match settlement {
-                    Settlement::Sent(to) => {
-                        sent += 1;
-                        claims.insert(
-                            (task_id, to.to_string()),
-                            (ClaimState::Sent, SystemTime::now()),
-                        );
-                    }
-                    Settlement::Rejected(to) => {
-                        rejected += 1;
-                        claims.insert(
-                            (task_id, to.to_string()),
-                            (ClaimState::Rejected, SystemTime::now()),
-                        );
-                    }
-                    Settlement::Released(to) => {
-                        claims.remove(&(task_id, to.to_string()));
-                    }
-                }
+    fn fault(&self, operation: &'static str) -> Option<Fault> {
+        let fault = self.faults.lock().unwrap().get_mut(operation)?.pop_front()?;
+        *self.injected.lock().unwrap().entry(operation).or_default() += 1;
+        Some(fault)
+    }
+
+    async fn faulty<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.fault(operation) {
+            None => call.await,
+            Some(Fault::Fail) => Err(StoreError(format!(
+                "{operation}: TransactionCanceledException: TransactionConflict"
+            ))),
+            Some(Fault::LoseAnswer) => {
+                call.await?;
+                Err(StoreError(format!("{operation}: timed out; the write may have been applied")))
             }
         }
-        if sent + rejected == 0 {
-            return Ok(());
-        }
-        self.update(task_id, |task| {
-            task.recipients.sent += sent;
-            task.recipients.failed += rejected;
-        })
     }
+}
+
+impl<S: TaskStore> TaskStore for FaultyStore<S> {
+    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+        self.inner.create(task_id).await
+    }
+    async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
+        self.inner.delete(task_id).await
+    }
+    async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.inner.get(task_id).await
+    }
+    async fn record_failure(
+        &self,
+        task_id: TaskId,
+        failure: PartFailure,
+        stops_planning_at: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_failure(task_id, failure, stops_planning_at).await
+    }
+    async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
+        self.inner.finish(task_id, status).await
+    }
+}
+
+impl<S: PlanStore> PlanStore for FaultyStore<S> {
+    async fn page_state(&self, task_id: TaskId, page: u32) -> Result<PageState, StoreError> {
+        self.inner.page_state(task_id, page).await
+    }
+    async fn record_page(&self, task_id: TaskId, plan: PagePlan) -> Result<PagePlan, StoreError> {
+        self.faulty("record_page", self.inner.record_page(task_id, plan))
+            .await
+    }
+    async fn mark_page_enqueued(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        self.faulty("mark_page_enqueued", self.inner.mark_page_enqueued(task_id, page))
+            .await
+    }
+}
+
+impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
+    async fn lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        holder: &Holder,
+    ) -> Result<Lease, StoreError> {
+        self.faulty("lease", self.inner.lease(task_id, chunk_id, size, holder))
+            .await
+    }
+    async fn record(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        self.faulty("record", self.inner.record(task_id, chunk_id, holder, settled))
+            .await
+    }
+    async fn release_lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> Result<(), StoreError> {
+        self.faulty(
+            "release",
+            self.inner.release_lease(task_id, chunk_id, holder, settled),
+        )
+        .await
+    }
+    async fn close(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        progress: &ChunkProgress,
+    ) -> Result<(), StoreError> {
+        self.faulty(
+            "close",
+            self.inner.close(task_id, chunk_id, holder, settled, progress),
+        )
+        .await
+    }
+    async fn fail_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        failure: PartFailure,
+    ) -> Result<Accounting, StoreError> {
+        self.inner.fail_unsettled(task_id, chunk_id, size, failure).await
+    }
+}
+
+#[cfg(test)]
+mod contract {
+    crate::store_contract!(super::MemoryStore::default());
 }

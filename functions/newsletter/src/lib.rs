@@ -21,6 +21,8 @@ pub mod tasks;
 pub mod work;
 
 #[cfg(any(test, feature = "fakes"))]
+pub mod contract;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 
 pub use domain::{FieldError, IdempotencyKey, Newsletter, TaskId};

@@ -32,6 +32,13 @@ pub struct Job {
     pub cursor: Option<PlanCursor>,
 }
 
+impl Job {
+    /// The page this job plans.
+    pub fn page(&self) -> u32 {
+        self.cursor.as_ref().map_or(0, |cursor| cursor.page)
+    }
+}
+
 /// A position in the contact list: the page number (for deterministic chunk ids) and the token
 /// that fetches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +102,20 @@ struct VersionOnly {
 struct Salvage {
     task_id: TaskId,
     kind: Option<String>,
+    cursor: Option<SalvagedCursor>,
+}
+
+#[derive(Deserialize)]
+struct SalvagedCursor {
+    page: u32,
+}
+
+/// What can still be read from a message body that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Salvaged {
+    pub task_id: TaskId,
+    /// The page it was to plan, when it says it is a job.
+    pub job_page: Option<u32>,
 }
 
 impl Message {
@@ -105,11 +126,15 @@ impl Message {
         }
     }
 
-    /// What can still be read from a body that does not decode: its task id, and whether it
-    /// claims to be a job.
-    pub fn salvage(body: &str) -> Option<(TaskId, bool)> {
+    /// What can still be read from a body that does not decode: its task id, and the page it
+    /// was to plan if it claims to be a job.
+    pub fn salvage(body: &str) -> Option<Salvaged> {
         let salvage: Salvage = serde_json::from_str(body).ok()?;
-        Some((salvage.task_id, salvage.kind.as_deref() == Some("job")))
+        let is_job = salvage.kind.as_deref() == Some("job");
+        Some(Salvaged {
+            task_id: salvage.task_id,
+            job_page: is_job.then(|| salvage.cursor.map_or(0, |cursor| cursor.page)),
+        })
     }
 
     pub fn encode(&self) -> String {

@@ -7,49 +7,98 @@ use crate::message::{Delivery, Job, Message, PlanCursor, Recipient};
 /// SQS's classic message size limit (the queue's `MaximumMessageSize` default). Every message
 /// the system writes stays under it.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Recipients per delivery message: small enough that one invocation sends a whole batch of them
-/// at the per-instance send rate, large enough to keep queue traffic low.
+/// Recipients per delivery message at most: large enough to keep queue traffic and per-chunk
+/// writes low (see `tasks::ChunkStore`), small enough that instances share a newsletter's work.
+/// The worker uses fewer when its per-instance rate cannot send this many in one invocation.
 pub const MAX_RECIPIENTS_PER_DELIVERY: usize = 50;
 
-/// What one page of contacts turns into.
-#[derive(Debug, Default)]
+/// What one page of contacts turns into. It is stored before any of its messages is queued,
+/// so a retried planning step queues exactly these chunks again, even if the contact list has
+/// changed since (the counts on the task are this plan's, once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PagePlan {
-    pub deliveries: Vec<Delivery>,
-    /// The job message that plans the next page, if there is one.
-    pub continuation: Option<Job>,
-    pub recipients: usize,
-    pub skipped: usize,
-    pub invalid_addresses: usize,
+    /// The page's number, from 0.
+    pub page: u32,
+    /// The page's recipients in delivery chunks, in order: chunk `i` has the id [`chunk_id`]`(page, i)`.
+    pub chunks: Vec<Vec<Recipient>>,
+    /// Contacts on the page, each counted once as planned.
+    pub contacts: u64,
+    /// Contacts who get nothing (unsubscribed from all, or no topic of this newsletter).
+    pub skipped: u64,
+    /// Contacts whose address is not a valid email address (counted as failed).
+    pub invalid_addresses: u64,
+    /// The token of the next page, if there is one.
+    pub next_token: Option<String>,
+}
+
+/// The id of chunk `index` of page `page`: deterministic, so a retried plan reuses it.
+pub fn chunk_id(page: u32, index: usize) -> String {
+    format!("p{page}-c{index}")
 }
 
 impl PagePlan {
-    /// Everything to enqueue: deliveries first, then the continuation.
-    pub fn into_messages(self) -> Vec<Message> {
-        let mut messages: Vec<Message> =
-            self.deliveries.into_iter().map(Message::Delivery).collect();
-        messages.extend(self.continuation.map(Message::Job));
+    pub fn recipients(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    /// Whether no page follows this one.
+    pub fn is_last(&self) -> bool {
+        self.next_token.is_none()
+    }
+
+    /// Everything to enqueue for `job`'s page: its deliveries first, then the job that plans the
+    /// next page.
+    pub fn messages(&self, job: &Job) -> Vec<Message> {
+        let mut messages: Vec<Message> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(index, recipients)| {
+                Message::Delivery(Delivery {
+                    task_id: job.task_id,
+                    chunk_id: chunk_id(self.page, index),
+                    attempt: 0,
+                    newsletter: job.newsletter.clone(),
+                    recipients: recipients.clone(),
+                })
+            })
+            .collect();
+        messages.extend(self.next_token.as_ref().map(|next_token| {
+            Message::Job(Job {
+                cursor: Some(PlanCursor {
+                    page: self.page + 1,
+                    next_token: next_token.clone(),
+                }),
+                ..job.clone()
+            })
+        }));
         messages
     }
 }
 
-/// Plans the page `job.cursor` points at, given its contacts and the token of the page after it.
+/// Plans the page `job.cursor` points at, given its contacts and the token of the page after it,
+/// in chunks of at most `max_recipients` (and at most [`MAX_RECIPIENTS_PER_DELIVERY`]).
 pub fn plan_page(
     job: &Job,
     audience: &Audience,
     contacts: impl IntoIterator<Item = Contact>,
     next_token: Option<String>,
+    max_recipients: usize,
 ) -> PagePlan {
-    let page = job.cursor.as_ref().map_or(0, |cursor| cursor.page);
-    let mut plan = PagePlan::default();
+    let mut plan = PagePlan {
+        page: job.cursor.as_ref().map_or(0, |cursor| cursor.page),
+        next_token,
+        ..PagePlan::default()
+    };
     let mut recipients = Vec::new();
     for contact in contacts {
+        plan.contacts += 1;
         match audience.select(&contact) {
             Ok(recipient) => recipients.push(recipient),
             Err(Skip::InvalidAddress) => plan.invalid_addresses += 1,
             Err(Skip::UnsubscribedFromAll | Skip::NoTopicOfInterest) => plan.skipped += 1,
         }
     }
-    plan.recipients = recipients.len();
     let template = Delivery {
         task_id: job.task_id,
         chunk_id: String::new(),
@@ -57,35 +106,25 @@ pub fn plan_page(
         newsletter: job.newsletter.clone(),
         recipients: Vec::new(),
     };
-    plan.deliveries = chunk(recipients, &template)
-        .into_iter()
-        .enumerate()
-        .map(|(index, recipients)| Delivery {
-            chunk_id: format!("p{page}-c{index}"),
-            recipients,
-            ..template.clone()
-        })
-        .collect();
-    plan.continuation = next_token.map(|next_token| Job {
-        cursor: Some(PlanCursor {
-            page: page + 1,
-            next_token,
-        }),
-        ..job.clone()
-    });
+    plan.chunks = chunk(recipients, &template, max_recipients);
     plan
 }
 
-/// Splits recipients into groups of at most [`MAX_RECIPIENTS_PER_DELIVERY`] whose delivery
-/// message (`template` plus the group) encodes within [`MAX_MESSAGE_BYTES`].
-pub fn chunk(recipients: Vec<Recipient>, template: &Delivery) -> Vec<Vec<Recipient>> {
+/// Splits recipients into groups of at most `max_recipients` (capped at
+/// [`MAX_RECIPIENTS_PER_DELIVERY`]) whose delivery message (`template` plus the group) encodes
+/// within [`MAX_MESSAGE_BYTES`].
+pub fn chunk(
+    recipients: Vec<Recipient>,
+    template: &Delivery,
+    max_recipients: usize,
+) -> Vec<Vec<Recipient>> {
     // Room for the chunk id, attempt counter and separators that the template does not yet hold.
     const SLACK: usize = 256;
     let budget = MAX_MESSAGE_BYTES
         .saturating_sub(Message::Delivery(template.clone()).encode().len() + SLACK);
     pack(
         recipients,
-        MAX_RECIPIENTS_PER_DELIVERY,
+        max_recipients.clamp(1, MAX_RECIPIENTS_PER_DELIVERY),
         budget,
         |recipient| serde_json::to_string(recipient).map_or(0, |encoded| encoded.len()) + 1,
     )
@@ -123,6 +162,7 @@ mod tests {
     use super::*;
     use crate::audience::{Subscription, TopicDefaults};
     use crate::domain::{Newsletter, TaskId};
+    use crate::message::{Delivery, Message};
     use serde_json::json;
 
     fn job(body: &str, cursor: Option<PlanCursor>) -> Job {
@@ -163,25 +203,31 @@ mod tests {
                 next_token: "t3".into(),
             }),
         );
-        let plan = plan_page(&job, &audience(&job), contacts(200), Some("t4".into()));
+        let plan = plan_page(&job, &audience(&job), contacts(200), Some("t4".into()), 50);
 
-        assert_eq!(plan.recipients, 180);
-        assert_eq!(plan.skipped, 20);
-        let sizes: Vec<usize> = plan.deliveries.iter().map(|d| d.recipients.len()).collect();
-        assert_eq!(sizes, [50, 50, 50, 30]);
-        let ids: Vec<&str> = plan
-            .deliveries
+        assert_eq!(plan.page, 3);
+        assert_eq!((plan.contacts, plan.recipients(), plan.skipped), (200, 180, 20));
+        let messages = plan.messages(&job);
+        let deliveries: Vec<&Delivery> = messages
             .iter()
-            .map(|d| d.chunk_id.as_str())
+            .filter_map(|m| match m {
+                Message::Delivery(d) => Some(d),
+                Message::Job(_) => None,
+            })
             .collect();
+        let sizes: Vec<usize> = deliveries.iter().map(|d| d.recipients.len()).collect();
+        assert_eq!(sizes, [50, 50, 50, 30]);
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.chunk_id.as_str()).collect();
         assert_eq!(ids, ["p3-c0", "p3-c1", "p3-c2", "p3-c3"]);
         assert!(
-            plan.deliveries
+            deliveries
                 .iter()
                 .all(|d| d.task_id == job.task_id && d.attempt == 0)
         );
 
-        let continuation = plan.continuation.as_ref().unwrap();
+        let Some(Message::Job(continuation)) = messages.last() else {
+            panic!("the next page's job comes last: {messages:?}")
+        };
         assert_eq!(
             continuation.cursor,
             Some(PlanCursor {
@@ -191,29 +237,36 @@ mod tests {
         );
         assert_eq!(continuation.task_id, job.task_id);
 
-        let again = plan_page(&job, &audience(&job), contacts(200), Some("t4".into()));
-        assert_eq!(
-            again.deliveries, plan.deliveries,
-            "a retried plan yields the same messages"
-        );
+        let again = plan_page(&job, &audience(&job), contacts(200), Some("t4".into()), 50);
+        assert_eq!(again, plan, "a retried plan yields the same messages");
+    }
+
+    #[test]
+    fn chunks_are_no_larger_than_asked() {
+        let job = job("B", None);
+        let plan = plan_page(&job, &audience(&job), contacts(100), None, 26);
+        let sizes: Vec<usize> = plan.chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [26, 26, 26, 12]);
+        let capped = plan_page(&job, &audience(&job), contacts(100), None, 500);
+        assert!(capped.chunks.iter().all(|c| c.len() <= MAX_RECIPIENTS_PER_DELIVERY));
     }
 
     #[test]
     fn every_recipient_lands_in_exactly_one_chunk() {
         let job = job("B", None);
-        let plan = plan_page(&job, &audience(&job), contacts(1234), None);
+        let plan = plan_page(&job, &audience(&job), contacts(1234), None, 50);
         let mut emails: Vec<String> = plan
-            .deliveries
+            .chunks
             .iter()
-            .flat_map(|d| d.recipients.iter().map(|r| r.email.to_string()))
+            .flat_map(|chunk| chunk.iter().map(|r| r.email.to_string()))
             .collect();
         let total = emails.len();
         emails.sort();
         emails.dedup();
         assert_eq!(emails.len(), total);
-        assert_eq!(total, plan.recipients);
-        assert!(plan.continuation.is_none());
-        assert_eq!(plan.into_messages().len(), 23); // 1111 recipients, 50 a chunk
+        assert_eq!(total, plan.recipients());
+        assert!(plan.is_last());
+        assert_eq!(plan.messages(&job).len(), 23); // 1111 recipients, 50 a chunk
     }
 
     #[test]
@@ -241,17 +294,15 @@ mod tests {
         );
         let audience = Audience::new(&job.newsletter, defaults);
 
-        let plan = plan_page(&job, &audience, contacts(500), None);
+        let plan = plan_page(&job, &audience, contacts(500), None, 50);
 
-        assert_eq!(plan.recipients, 450);
+        assert_eq!(plan.recipients(), 450);
         assert!(
-            plan.deliveries
+            plan.chunks
                 .iter()
-                .all(|d| d.recipients.len() < MAX_RECIPIENTS_PER_DELIVERY)
+                .all(|chunk| chunk.len() < MAX_RECIPIENTS_PER_DELIVERY)
         );
-        let delivered: usize = plan.deliveries.iter().map(|d| d.recipients.len()).sum();
-        assert_eq!(delivered, 450);
-        for delivery in plan.into_messages() {
+        for delivery in plan.messages(&job) {
             assert!(delivery.encode().len() <= MAX_MESSAGE_BYTES);
         }
     }
@@ -259,7 +310,7 @@ mod tests {
     #[test]
     fn an_empty_page_plans_nothing() {
         let job = job("B", None);
-        let plan = plan_page(&job, &audience(&job), Vec::new(), None);
-        assert!(plan.into_messages().is_empty());
+        let plan = plan_page(&job, &audience(&job), Vec::new(), None, 50);
+        assert!(plan.messages(&job).is_empty());
     }
 }

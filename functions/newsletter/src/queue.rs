@@ -3,8 +3,9 @@
 use crate::aws_error::describe;
 use crate::message::Message;
 use crate::planning::{MAX_MESSAGE_BYTES, pack};
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, SendMessageBatchRequestEntry};
 use std::future::Future;
+use std::time::Duration;
 
 /// Where work goes to be done later. Sending returns only once the queue has stored the messages.
 pub trait MessageQueue: Send + Sync {
@@ -12,6 +13,27 @@ pub trait MessageQueue: Send + Sync {
 
     /// Sends all `messages`; an error means some may not have been stored.
     fn send_all(&self, messages: &[Message])
+    -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// A message waiting in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Identifies this receive of the message, to hand it back.
+    pub receipt: String,
+    pub body: String,
+}
+
+/// The dead-letter queue, read without taking anything out of it: every message stays there
+/// for an operator's redrive (`StartMessageMoveTask`) or until its retention ends.
+pub trait DeadLetterQueue: Send + Sync {
+    /// Up to 10 messages, hidden from other readers for `hidden_for`.
+    fn receive(
+        &self,
+        hidden_for: Duration,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+    /// Makes received messages visible again at once.
+    fn put_back(&self, receipts: &[String])
     -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
@@ -103,6 +125,56 @@ impl MessageQueue for SqsQueue {
         let bodies = messages.iter().map(Message::encode).collect();
         for batch in batches(bodies) {
             self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DeadLetterQueue for SqsQueue {
+    async fn receive(&self, hidden_for: Duration) -> Result<Vec<DeadLetter>, QueueError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(MAX_BATCH_ENTRIES as i32)
+            .visibility_timeout(hidden_for.as_secs().clamp(1, 12 * 3600) as i32)
+            .send()
+            .await
+            .map_err(|err| QueueError(describe(&err)))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                Some(DeadLetter {
+                    receipt: message.receipt_handle?,
+                    body: message.body.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn put_back(&self, receipts: &[String]) -> Result<(), QueueError> {
+        for batch in receipts.chunks(MAX_BATCH_ENTRIES) {
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(id, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(id.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(0)
+                        .build()
+                        .map_err(|err| QueueError(err.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|err| QueueError(describe(&err)))?;
         }
         Ok(())
     }

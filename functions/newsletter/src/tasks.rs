@@ -1,9 +1,13 @@
 //! What the system remembers about each task: its status and counters, the idempotency keys of
-//! the requests that created tasks, and which recipient has been sent what (the claims that make
-//! delivery exactly-once per recipient). Storage is behind these traits; `dynamo` implements them.
+//! the requests that created tasks, each page's plan, and which recipient of each chunk has been
+//! sent what (the leases and settlements that make delivery exactly-once per recipient). Storage
+//! is behind these traits; `dynamo` implements them on DynamoDB, `fakes` in memory, and
+//! `contract` holds the scenarios both must pass.
 
-use crate::domain::{EmailAddress, TaskId};
+use crate::domain::TaskId;
+use crate::planning::PagePlan;
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,6 +73,18 @@ pub struct PartFailure {
     pub error: String,
 }
 
+impl PartFailure {
+    /// The name under which a delivery chunk's failure is recorded (and cleared by a redrive).
+    pub fn delivery_part(chunk_id: &str) -> String {
+        format!("delivery {chunk_id}")
+    }
+
+    /// The name under which a planning step's failure is recorded (and cleared by a redrive).
+    pub fn planning_part(page: u32) -> String {
+        format!("planning page {page}")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskRecord {
     pub task_id: TaskId,
@@ -76,54 +92,37 @@ pub struct TaskRecord {
     pub created_at: String,
     pub updated_at: String,
     pub recipients: Recipients,
+    /// Every page is planned (or planning stopped for good at a dead-lettered page).
     #[serde(skip)]
     pub planning_done: bool,
+    /// By part, in the part's name order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<PartFailure>,
 }
 
 impl TaskRecord {
-    /// The status to move to once the task is done, if it is done and not yet finished.
+    /// The status to move to once the task is done, if it is done and not there yet. A task that
+    /// completed with errors completes cleanly after a redrive from the dead-letter queue has
+    /// delivered what had failed.
     pub fn completion(&self) -> Option<TaskStatus> {
-        let done =
-            !self.status.is_finished() && self.planning_done && self.recipients.all_accounted_for();
+        let done = self.planning_done && self.recipients.all_accounted_for();
         let clean = self.recipients.failed == 0 && self.failures.is_empty();
-        done.then_some(if clean {
+        let status = if clean {
             TaskStatus::Completed
         } else {
             TaskStatus::CompletedWithErrors
-        })
+        };
+        (done && self.status != status && self.status != TaskStatus::Completed).then_some(status)
     }
 }
 
-/// What one planned page adds to a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageCounts {
-    pub page: u32,
-    pub planned: u64,
-    pub skipped: u64,
-    pub failed: u64,
-    pub last: bool,
-}
-
-impl PageCounts {
-    /// The counts of a list that fits on one page and whose contacts are all recipients.
-    pub fn only_page(recipients: u64) -> Self {
-        Self {
-            page: 0,
-            planned: recipients,
-            skipped: 0,
-            failed: 0,
-            last: true,
-        }
-    }
-}
-
-/// The store could not be read or written.
+/// The store could not be read or written, or refused a write whose condition no longer holds
+/// (a lease that another invocation took over).
 #[derive(Debug, thiserror::Error)]
 #[error("the task store failed: {0}")]
 pub struct StoreError(pub String);
 
+/// Task status and counters.
 pub trait TaskStore: Send + Sync {
     /// Records a new task as accepted.
     fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -133,22 +132,17 @@ pub trait TaskStore: Send + Sync {
         &self,
         task_id: TaskId,
     ) -> impl Future<Output = Result<Option<TaskRecord>, StoreError>> + Send;
-    /// Adds a planned page's counts, once per page however often planning is retried.
-    fn record_page(
-        &self,
-        task_id: TaskId,
-        counts: PageCounts,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Records a part of the task that will not be retried any more (its unsettled recipients
-    /// are settled as failed separately). `stops_planning` when the part was a planning step: no later page will be planned.
+    /// Records a part of the task that ended in the dead-letter queue, under `failure.part`
+    /// (recording the same part again changes nothing). `stops_planning_at`: the part was the
+    /// planning of this page, which never got planned, so planning ends before it.
     fn record_failure(
         &self,
         task_id: TaskId,
         failure: PartFailure,
-        stops_planning: bool,
+        stops_planning_at: Option<u32>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Moves the task to `status` unless it is already finished. `true` for the one caller that
-    /// made the move.
+    /// Moves the task to the final `status` unless it is there already or completed. `true` for
+    /// the one caller that made the move.
     fn finish(
         &self,
         task_id: TaskId,
@@ -183,109 +177,198 @@ pub trait IdempotencyStore: Send + Sync {
     fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// The state of one recipient's email for one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// This invocation may send now.
-    Acquired,
-    /// Sent already: skip.
-    Sent,
-    /// Rejected for good already: skip.
-    Rejected,
-    /// Another invocation is sending (its claim is younger than the function timeout).
-    Busy,
-}
-
-/// How a claimed recipient ended in this invocation.
+/// Where planning of one page stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settlement {
-    Sent(EmailAddress),
-    Rejected(EmailAddress),
-    /// Not sent (retryable failure or out of time): the claim is given back.
-    Released(EmailAddress),
+pub enum PageState {
+    /// Nothing is recorded: the page is to be read and planned.
+    Unplanned,
+    /// The plan is stored and counted on the task; its messages may not all be queued yet.
+    Planned(PagePlan),
+    /// Every message of the plan is queued.
+    Enqueued,
 }
 
-pub trait ClaimStore: Send + Sync {
-    /// Claims `(task_id, recipient)` with one conditional write, until `lapses` (the claiming
-    /// invocation's deadline, when Lambda stops it). A claim left unsettled past its lapse
-    /// belonged to an invocation that died, and is taken over.
-    fn claim(
+/// The plan of each page, so that planning is idempotent: a retried step queues the stored plan
+/// again instead of re-reading a contact list that may have changed.
+pub trait PlanStore: Send + Sync {
+    fn page_state(
         &self,
         task_id: TaskId,
-        recipient: &EmailAddress,
-        lapses: SystemTime,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
-    /// Settles claims (at most [`MAX_SETTLEMENTS`]) and counts them on the task, atomically.
-    fn settle(
-        &self,
-        task_id: TaskId,
-        settlements: &[Settlement],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// A store shared by several workers in one process (the benchmark's instances) is still a store.
-impl<T: TaskStore> TaskStore for std::sync::Arc<T> {
-    fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).create(task_id)
-    }
-    fn delete(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).delete(task_id)
-    }
-    fn get(
-        &self,
-        task_id: TaskId,
-    ) -> impl Future<Output = Result<Option<TaskRecord>, StoreError>> + Send {
-        (**self).get(task_id)
-    }
+        page: u32,
+    ) -> impl Future<Output = Result<PageState, StoreError>> + Send;
+    /// Stores `plan` and adds its counts to the task, atomically and once. If a plan of this page
+    /// is stored already, it is returned (and counted already); otherwise `plan` is returned.
+    /// Recording a page also clears a planning failure of that page, and reopens planning.
     fn record_page(
         &self,
         task_id: TaskId,
-        counts: PageCounts,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).record_page(task_id, counts)
-    }
-    fn record_failure(
+        plan: PagePlan,
+    ) -> impl Future<Output = Result<PagePlan, StoreError>> + Send;
+    /// Every message of the page's plan is on the queue.
+    fn mark_page_enqueued(
         &self,
         task_id: TaskId,
+        page: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An invocation's right to send a chunk, until it lapses (the invocation's deadline, when
+/// Lambda would have stopped it, plus a clock-skew allowance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Unique per invocation.
+    pub token: String,
+    pub lapses: SystemTime,
+}
+
+/// Positions (in the chunk's recipient list) of the chunk's recipients by state. A position is in
+/// at most one set; one in none is still to be sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkProgress {
+    pub sent: BTreeSet<u16>,
+    pub rejected: BTreeSet<u16>,
+    /// Given up on when the chunk reached the dead-letter queue: sent again after a redrive.
+    pub failed: BTreeSet<u16>,
+    /// What has been counted on the task so far: (sent, failed or rejected).
+    pub counted: (u64, u64),
+}
+
+impl ChunkProgress {
+    /// Whether the recipient at `position` still needs the email (never settled, or failed).
+    pub fn owes(&self, position: u16) -> bool {
+        !self.sent.contains(&position) && !self.rejected.contains(&position)
+    }
+
+    /// What the task's counters should hold for this chunk: (sent, failed or rejected).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.sent.len() as u64,
+            (self.rejected.len() + self.failed.len()) as u64,
+        )
+    }
+
+    /// Applies a settlement made under the lease.
+    pub fn apply(&mut self, settled: &Settled) {
+        for position in &settled.sent {
+            self.failed.remove(position);
+            self.sent.insert(*position);
+        }
+        for position in &settled.rejected {
+            self.failed.remove(position);
+            self.rejected.insert(*position);
+        }
+    }
+}
+
+/// Recipients settled since the last write, by position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// SES accepted their email.
+    pub sent: Vec<u16>,
+    /// SES refused their address for good.
+    pub rejected: Vec<u16>,
+}
+
+impl Settled {
+    pub fn len(&self) -> usize {
+        self.sent.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append(&mut self, other: Settled) {
+        self.sent.extend(other.sent);
+        self.rejected.extend(other.rejected);
+    }
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds the chunk until its lease lapses; this is what is settled so far.
+    Held(ChunkProgress),
+    /// Another invocation holds a live lease on the chunk.
+    Busy,
+    /// Every recipient was sent or rejected, and counted: nothing is left to do.
+    Finished,
+}
+
+/// What a dead-lettered chunk's accounting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accounting {
+    /// Its unsettled recipients are now failed and counted (or were already).
+    Accounted,
+    /// An invocation holds a live lease on it: account it later.
+    Held,
+}
+
+/// Exactly-once delivery, per chunk: one lease per invocation that works on a chunk, one write
+/// per few settled recipients, and one transaction when the chunk is done (the only write to the
+/// task's counters). SES has no idempotency token, so what is in the window between a send and
+/// its settlement may be sent again if the invocation dies.
+pub trait ChunkStore: Send + Sync {
+    /// Leases the chunk (of `size` recipients) to `holder`, unless another holder's lease is
+    /// live. A lease left behind by an invocation that died is taken over once it has lapsed.
+    fn lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        holder: &Holder,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Records `settled` (idempotent: recording it twice is recording it once). Fails, and
+    /// records nothing, if `holder` no longer holds the lease.
+    fn record(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records `settled` and gives the lease up: recipients are left for another invocation.
+    fn release_lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every recipient is settled: records `settled`, gives the lease up, and adds to the task's
+    /// counters what `progress` (the chunk with `settled` applied) has beyond what they hold for
+    /// it, all at once. Idempotent: after a lost answer, calling it again succeeds and counts
+    /// nothing twice. Clears the chunk's failure record when no failed recipient is left.
+    fn close(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        progress: &ChunkProgress,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The chunk's message is in the dead-letter queue: every recipient not settled becomes
+    /// failed, is counted, and `failure` is recorded on the task, all at once, unless a live
+    /// lease is held. Idempotent.
+    fn fail_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
         failure: PartFailure,
-        stops_planning: bool,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).record_failure(task_id, failure, stops_planning)
-    }
-    fn finish(
-        &self,
-        task_id: TaskId,
-        status: TaskStatus,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        (**self).finish(task_id, status)
-    }
+    ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
 }
-
-impl<T: ClaimStore> ClaimStore for std::sync::Arc<T> {
-    fn claim(
-        &self,
-        task_id: TaskId,
-        recipient: &EmailAddress,
-        lapses: SystemTime,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        (**self).claim(task_id, recipient, lapses)
-    }
-    fn settle(
-        &self,
-        task_id: TaskId,
-        settlements: &[Settlement],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).settle(task_id, settlements)
-    }
-}
-
-/// Claims settled per write: DynamoDB transactions take 100 items; 25 keeps them small.
-pub const MAX_SETTLEMENTS: usize = 25;
 
 /// Seconds since the epoch.
 pub fn epoch_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+/// Milliseconds since the epoch.
+pub fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]

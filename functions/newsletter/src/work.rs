@@ -1,19 +1,19 @@
-//! What the worker does with one queue message: plan a page of a job, or deliver a chunk; and,
-//! when a message has failed for the last time, record that on its task.
+//! What the worker does with a batch of queue messages: plan a page of a job, deliver a chunk,
+//! and hand back at once what cannot be done before the invocation's deadline. On a schedule,
+//! it accounts for the messages that reached the dead-letter queue.
 
 use crate::audience::Audience;
-use crate::deliver::{Deadline, Mailer, Sender};
+use crate::deliver::{Budget, ChunkOutcome, DeliveryReport, Mailer, Sender};
 use crate::directory::{ContactDirectory, DirectoryError};
 use crate::domain::TaskId;
 use crate::message::{DecodeError, Delivery, Job, Message};
-use crate::planning::plan_page;
-use crate::queue::{MessageQueue, QueueError};
-use crate::tasks::{Claim, ClaimStore, PageCounts, PartFailure, Settlement, StoreError, TaskStore};
-use std::time::{Duration, Instant, SystemTime};
+use crate::planning::{PagePlan, plan_page};
+use crate::queue::{DeadLetterQueue, MessageQueue, QueueError};
+use crate::tasks::{
+    Accounting, ChunkStore, Holder, PageState, PartFailure, PlanStore, StoreError, TaskStore,
+};
+use std::time::{Duration, SystemTime};
 use tracing::Instrument;
-
-/// Time kept back from the invocation's deadline to settle, re-enqueue owed recipients and report.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why a message must be reported failed, so SQS retries it (and, after `maxReceiveCount`
 /// receives, moves it to the dead-letter queue).
@@ -27,31 +27,28 @@ pub enum WorkError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("none of the {0} recipient(s) could be sent to; the whole message is retried")]
-    NothingDelivered(usize),
+    #[error("task {0} has no status record: its messages are not delivered")]
+    UnknownTask(TaskId),
+    #[error("none of the {0} recipient(s) left could be sent to; the message is retried later")]
+    Stalled(usize),
 }
 
-/// One invocation's limits, from the Lambda context.
+/// One SQS record of a batch.
 #[derive(Debug, Clone, Copy)]
-pub struct Invocation {
-    /// When Lambda stops the invocation.
-    pub deadline: SystemTime,
-    /// SQS will not deliver this message again if it fails now: it goes to the dead-letter queue.
-    pub last_attempt: bool,
+pub struct QueueRecord<'a> {
+    pub message_id: &'a str,
+    pub body: &'a str,
 }
 
-impl Invocation {
-    fn sending_deadline(&self) -> Deadline {
-        let remaining = self
-            .deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let margin = DEADLINE_MARGIN.min(remaining / 4);
-        Deadline {
-            stop_sending: Instant::now() + remaining.saturating_sub(margin),
-            claims_lapse: self.deadline,
-        }
-    }
+/// What one sweep of the dead-letter queue found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    /// Messages read (all left in the queue).
+    pub seen: usize,
+    /// Of those, the ones accounted on their task now or before.
+    pub accounted: usize,
+    /// Held by a live invocation, or not accountable yet (the store failed): next sweep.
+    pub deferred: usize,
 }
 
 pub struct Worker<Q, D, M, S> {
@@ -59,6 +56,7 @@ pub struct Worker<Q, D, M, S> {
     directory: D,
     sender: Sender<M>,
     store: S,
+    max_recipients_per_chunk: usize,
 }
 
 impl<Q, D, M, S> Worker<Q, D, M, S>
@@ -66,63 +64,130 @@ where
     Q: MessageQueue,
     D: ContactDirectory,
     M: Mailer,
-    S: TaskStore + ClaimStore,
+    S: TaskStore + PlanStore + ChunkStore,
 {
-    pub fn new(queue: Q, directory: D, sender: Sender<M>, store: S) -> Self {
+    /// `max_recipients_per_chunk`: what planning puts in one delivery message (see
+    /// `config::chunk_size`).
+    pub fn new(
+        queue: Q,
+        directory: D,
+        sender: Sender<M>,
+        store: S,
+        max_recipients_per_chunk: usize,
+    ) -> Self {
         Self {
             queue,
             directory,
             sender,
             store,
+            max_recipients_per_chunk,
         }
-    }
-
-    pub fn queue(&self) -> &Q {
-        &self.queue
     }
 
     pub fn sender(&self) -> &Sender<M> {
         &self.sender
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
+    /// Processes a batch that must be done by `deadline`, one record after another (they share
+    /// the instance's send rate, and one chunk at a time keeps the crash window to one chunk's).
+    /// Records whose sends do not fit before the deadline are handed back to the queue at once,
+    /// as new messages, so other instances take them now. Returns the positions of the records
+    /// to report failed.
+    pub async fn process_batch(
+        &self,
+        records: &[QueueRecord<'_>],
+        deadline: SystemTime,
+    ) -> Vec<usize> {
+        let budget = Budget::until(deadline);
+        let holder = Holder {
+            token: uuid::Uuid::now_v7().to_string(),
+            lapses: budget.lapses,
+        };
+        let mut capacity = self.sender.capacity(&budget);
+        let mut failed = Vec::new();
+        let mut taken = Vec::new();
+        let mut handed_back = Vec::new();
+        for (position, record) in records.iter().enumerate() {
+            let message = match Message::decode(record.body) {
+                Ok(message) => message,
+                Err(err) => {
+                    // The id and the reason, never the body: it holds subscriber data.
+                    tracing::error!(message_id = record.message_id, error = %err, "poison message");
+                    failed.push(position);
+                    continue;
+                }
+            };
+            let sends = match &message {
+                Message::Job(_) => 0,
+                Message::Delivery(delivery) => delivery.recipients.len(),
+            };
+            let first_delivery = sends > 0 && !taken.iter().any(|(_, m)| matches!(m, Message::Delivery(_)));
+            if sends <= capacity || first_delivery {
+                capacity = capacity.saturating_sub(sends);
+                taken.push((position, message));
+            } else {
+                handed_back.push((position, message));
+            }
+        }
+        if !handed_back.is_empty() {
+            let messages: Vec<Message> = handed_back.iter().map(|(_, m)| m.clone()).collect();
+            match self.queue.send_all(&messages).await {
+                Ok(()) => tracing::info!(
+                    messages = messages.len(),
+                    "handed back what does not fit before the deadline"
+                ),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not hand messages back; they are retried");
+                    failed.extend(handed_back.iter().map(|(position, _)| *position));
+                }
+            }
+        }
+        for (position, message) in taken {
+            let span = tracing::info_span!("task", task_id = %message.task_id());
+            let result = self.process(&message, &budget, &holder).instrument(span.clone()).await;
+            if let Err(err) = result {
+                span.in_scope(|| {
+                    tracing::error!(message_id = records[position].message_id, error = %err, "message failed");
+                });
+                failed.push(position);
+            }
+        }
+        failed.sort_unstable();
+        failed
     }
 
-    /// Processes one message body. `Ok` means the message is done and may be deleted.
-    pub async fn process(&self, body: &str, invocation: Invocation) -> Result<(), WorkError> {
-        let message = match Message::decode(body) {
-            Ok(message) => message,
-            Err(err) => {
-                let err = WorkError::from(err);
-                if invocation.last_attempt {
-                    self.record_unreadable(body, &err).await;
-                }
-                return Err(err);
+    async fn process(
+        &self,
+        message: &Message,
+        budget: &Budget,
+        holder: &Holder,
+    ) -> Result<(), WorkError> {
+        match message {
+            Message::Job(job) => self.plan(job).await,
+            Message::Delivery(delivery) => self.deliver(delivery, budget, holder).await,
+        }
+    }
+
+    /// Plans the page the job points at, once: the plan is stored and counted before any of its
+    /// messages is queued, so a retry at any step queues the same messages again (duplicates of
+    /// deliveries change nothing; a duplicate of the next page's job finds that page planned).
+    async fn plan(&self, job: &Job) -> Result<(), WorkError> {
+        let plan = match self.store.page_state(job.task_id, job.page()).await? {
+            PageState::Enqueued => {
+                tracing::info!(page = job.page(), "page already planned and queued");
+                return self.complete_if_done(job.task_id).await;
+            }
+            PageState::Planned(plan) => plan,
+            PageState::Unplanned => {
+                let plan = self.read_page(job).await?;
+                self.store.record_page(job.task_id, plan).await?
             }
         };
-        let span = tracing::info_span!("task", task_id = %message.task_id());
-        async {
-            let result = match &message {
-                Message::Job(job) => self.plan(job).await,
-                Message::Delivery(delivery) => self.deliver(delivery, invocation).await,
-            };
-            if let Err(err) = &result {
-                tracing::error!(error = %err, last_attempt = invocation.last_attempt, "message failed");
-                if invocation.last_attempt {
-                    self.give_up(&message, err, invocation).await;
-                }
-            }
-            result
-        }
-        .instrument(span)
-        .await
+        self.enqueue_page(job, &plan).await
     }
 
-    /// Plans the page the job points at. The page's counts are recorded first (once per page,
-    /// however often this is retried), then its deliveries and the job for the next page are
-    /// queued: a retry re-sends the same messages with the same chunk ids, never different ones.
-    async fn plan(&self, job: &Job) -> Result<(), WorkError> {
+    /// Reads the page the job points at and plans it.
+    async fn read_page(&self, job: &Job) -> Result<PagePlan, WorkError> {
         let audience = Audience::new(&job.newsletter, self.directory.topic_defaults().await?);
         let unknown = audience.unknown_topics();
         if !unknown.is_empty() {
@@ -136,69 +201,93 @@ where
         };
         let token = job.cursor.as_ref().map(|cursor| cursor.next_token.as_str());
         let page = self.directory.page(token, only_topic).await?;
-        let contacts = page.contacts.len();
-        let plan = plan_page(job, &audience, page.contacts, page.next_token);
-        let counts = PageCounts {
-            page: job.cursor.as_ref().map_or(0, |cursor| cursor.page),
-            planned: contacts as u64,
-            skipped: plan.skipped as u64,
-            failed: plan.invalid_addresses as u64,
-            last: plan.continuation.is_none(),
-        };
+        let plan = plan_page(
+            job,
+            &audience,
+            page.contacts,
+            page.next_token,
+            self.max_recipients_per_chunk,
+        );
         tracing::info!(
-            page = counts.page,
-            contacts,
-            recipients = plan.recipients,
+            page = plan.page,
+            contacts = plan.contacts,
+            recipients = plan.recipients(),
             skipped = plan.skipped,
             invalid_addresses = plan.invalid_addresses,
-            deliveries = plan.deliveries.len(),
-            more_pages = !counts.last,
+            deliveries = plan.chunks.len(),
+            more_pages = !plan.is_last(),
             "page planned"
         );
-        self.store.record_page(job.task_id, counts).await?;
-        self.queue.send_all(&plan.into_messages()).await?;
+        Ok(plan)
+    }
+
+    async fn enqueue_page(&self, job: &Job, plan: &PagePlan) -> Result<(), WorkError> {
+        self.queue.send_all(&plan.messages(job)).await?;
+        self.store
+            .mark_page_enqueued(job.task_id, plan.page)
+            .await?;
         self.complete_if_done(job.task_id).await
     }
 
-    /// Sends a chunk. Recipients still owed an email go back on the queue on their own, so a
-    /// retry never reaches those who already got it; if nobody could be sent to, the message
-    /// itself is retried.
-    async fn deliver(&self, delivery: &Delivery, invocation: Invocation) -> Result<(), WorkError> {
-        let report = self
-            .sender
-            .deliver(delivery, &self.store, invocation.sending_deadline())
-            .await?;
-        tracing::info!(
-            chunk = %delivery.chunk_id,
-            attempt = delivery.attempt,
-            sent = report.sent,
-            rejected = report.rejected,
-            already_settled = report.already_settled,
-            throttled = report.throttled,
-            emails_per_second = self.sender.current_rate(),
-            owed = report.owed.len(),
-            "chunk delivered"
-        );
-        if !report.owed.is_empty() {
-            if !report.made_progress() {
-                return Err(WorkError::NothingDelivered(report.owed.len()));
-            }
-            let retry = Delivery {
-                attempt: delivery.attempt + 1,
-                recipients: report.owed,
-                ..delivery.clone()
-            };
-            self.queue.send_all(&[Message::Delivery(retry)]).await?;
+    /// Sends a chunk. What is left when the invocation's time is up goes back on the queue at
+    /// once (the same chunk, a new message; who got it is in the store); if sends were tried
+    /// and nobody could be sent to, the message is reported failed and SQS retries it later.
+    async fn deliver(
+        &self,
+        delivery: &Delivery,
+        budget: &Budget,
+        holder: &Holder,
+    ) -> Result<(), WorkError> {
+        if self.store.get(delivery.task_id).await?.is_none() {
+            return Err(WorkError::UnknownTask(delivery.task_id));
         }
-        self.complete_if_done(delivery.task_id).await
+        let outcome = self
+            .sender
+            .deliver(delivery, &self.store, holder, budget)
+            .await?;
+        let log = |report: &DeliveryReport, finished: bool| {
+            tracing::info!(
+                chunk = %delivery.chunk_id,
+                attempt = delivery.attempt,
+                sent = report.sent,
+                rejected = report.rejected,
+                already_settled = report.already_settled,
+                throttled = report.throttled,
+                unsent = report.unsent,
+                emails_per_second = self.sender.current_rate(),
+                finished,
+                "chunk delivered"
+            );
+        };
+        match outcome {
+            ChunkOutcome::Busy => {
+                tracing::info!(chunk = %delivery.chunk_id, "another invocation holds this chunk; this copy is dropped");
+                Ok(())
+            }
+            ChunkOutcome::Finished(report) => {
+                log(&report, true);
+                self.complete_if_done(delivery.task_id).await
+            }
+            ChunkOutcome::Unfinished(report) if report.stalled() => {
+                log(&report, false);
+                Err(WorkError::Stalled(report.unsent))
+            }
+            ChunkOutcome::Unfinished(report) => {
+                log(&report, false);
+                let rest = Delivery {
+                    attempt: delivery.attempt + 1,
+                    ..delivery.clone()
+                };
+                Ok(self.queue.send_all(&[Message::Delivery(rest)]).await?)
+            }
+        }
     }
 
     /// Moves the task to its final status if every recipient is accounted for. Many invocations
     /// may try; the store lets exactly one succeed, and that one logs the completion.
     async fn complete_if_done(&self, task_id: TaskId) -> Result<(), WorkError> {
         let Some(task) = self.store.get(task_id).await? else {
-            tracing::warn!("no status record for this task");
-            return Ok(());
+            return Err(WorkError::UnknownTask(task_id));
         };
         if let Some(status) = task.completion()
             && self.store.finish(task_id, status).await?
@@ -215,86 +304,120 @@ where
         Ok(())
     }
 
-    /// The message is on its way to the dead-letter queue: say so on its task, count its
-    /// unsettled recipients as failed, and let the task complete (with errors).
-    async fn give_up(&self, message: &Message, err: &WorkError, invocation: Invocation) {
-        let task_id = message.task_id();
-        let result = async {
-            let (part, stops_planning) = match message {
-                Message::Job(job) => (
-                    format!(
-                        "planning page {}",
-                        job.cursor.as_ref().map_or(0, |c| c.page)
-                    ),
-                    true,
-                ),
-                Message::Delivery(delivery) => {
-                    self.fail_unsettled(delivery, invocation).await?;
-                    (
-                        format!(
-                            "delivery {} attempt {}",
-                            delivery.chunk_id, delivery.attempt
-                        ),
-                        false,
-                    )
+    /// Accounts for every message in the dead-letter queue on its task, and leaves each there
+    /// (for a redrive). Runs on a schedule; accounting is idempotent, so a message seen on
+    /// every sweep is accounted once.
+    pub async fn sweep_dead_letters(
+        &self,
+        dead_letters: &impl DeadLetterQueue,
+        deadline: SystemTime,
+    ) -> SweepReport {
+        let budget = Budget::until(deadline);
+        // Hidden until the sweep ends, so that it reads each message once.
+        let hidden_for = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        let mut report = SweepReport::default();
+        let mut receipts = Vec::new();
+        while budget.sending_time() > Duration::ZERO {
+            let letters = match dead_letters.receive(hidden_for).await {
+                Ok(letters) if letters.is_empty() => break,
+                Ok(letters) => letters,
+                Err(err) => {
+                    tracing::error!(error = %err, "could not read the dead-letter queue");
+                    break;
                 }
             };
-            let failure = PartFailure {
-                part,
-                error: err.to_string(),
-            };
-            self.store
-                .record_failure(task_id, failure, stops_planning)
-                .await?;
-            self.complete_if_done(task_id).await
-        }
-        .await;
-        if let Err(record_err) = result {
-            tracing::error!(error = %record_err, "could not record the failure on the task");
-        }
-    }
-
-    /// Settles as failed every recipient of `delivery` that nobody has settled yet.
-    async fn fail_unsettled(
-        &self,
-        delivery: &Delivery,
-        invocation: Invocation,
-    ) -> Result<(), WorkError> {
-        let mut failed = Vec::new();
-        for recipient in &delivery.recipients {
-            if self
-                .store
-                .claim(delivery.task_id, &recipient.email, invocation.deadline)
-                .await?
-                == Claim::Acquired
-            {
-                failed.push(Settlement::Rejected(recipient.email.clone()));
+            for letter in letters {
+                report.seen += 1;
+                receipts.push(letter.receipt);
+                match self.account(&letter.body).await {
+                    Ok(true) => report.accounted += 1,
+                    Ok(false) => report.deferred += 1,
+                    Err(err) => {
+                        tracing::error!(error = %err, "could not account a dead letter; next sweep");
+                        report.deferred += 1;
+                    }
+                }
             }
         }
-        for batch in failed.chunks(crate::tasks::MAX_SETTLEMENTS) {
-            self.store.settle(delivery.task_id, batch).await?;
+        if let Err(err) = dead_letters.put_back(&receipts).await {
+            // They become visible again when their visibility timeout ends.
+            tracing::warn!(error = %err, "dead letters not put back at once");
         }
-        Ok(())
+        tracing::info!(
+            seen = report.seen,
+            accounted = report.accounted,
+            deferred = report.deferred,
+            "dead-letter queue swept"
+        );
+        report
     }
 
-    /// A message that cannot be read is recorded on its task when its task id can be found.
-    async fn record_unreadable(&self, body: &str, err: &WorkError) {
-        let Some((task_id, is_job)) = Message::salvage(body) else {
-            return;
+    /// Accounts one dead-lettered message on its task. `false` when it cannot be yet (an
+    /// invocation holds its chunk).
+    async fn account(&self, body: &str) -> Result<bool, WorkError> {
+        let message = match Message::decode(body) {
+            Ok(message) => message,
+            Err(err) => {
+                let Some(salvaged) = Message::salvage(body) else {
+                    return Ok(true); // nothing names a task: the DLQ alarm is all there is
+                };
+                let failure = PartFailure {
+                    part: "unreadable message".into(),
+                    error: WorkError::from(err).to_string(),
+                };
+                self.store
+                    .record_failure(salvaged.task_id, failure, salvaged.job_page)
+                    .await?;
+                self.complete_if_done(salvaged.task_id).await?;
+                return Ok(true);
+            }
         };
-        let failure = PartFailure {
-            part: "unreadable message".into(),
-            error: err.to_string(),
-        };
-        let result = async {
-            self.store.record_failure(task_id, failure, is_job).await?;
-            self.complete_if_done(task_id).await
+        let task_id = message.task_id();
+        let span = tracing::info_span!("task", %task_id);
+        async {
+            match &message {
+                Message::Delivery(delivery) => {
+                    let failure = PartFailure {
+                        part: PartFailure::delivery_part(&delivery.chunk_id),
+                        error: "reached the dead-letter queue after its retries".into(),
+                    };
+                    let accounting = self
+                        .store
+                        .fail_unsettled(
+                            task_id,
+                            &delivery.chunk_id,
+                            delivery.recipients.len(),
+                            failure,
+                        )
+                        .await?;
+                    if accounting == Accounting::Held {
+                        return Ok(false);
+                    }
+                }
+                Message::Job(job) => match self.store.page_state(task_id, job.page()).await? {
+                    PageState::Enqueued => {}
+                    // It was counted: finish queueing its messages rather than failing them.
+                    PageState::Planned(plan) => return self.enqueue_page(job, &plan).await.map(|()| true),
+                    PageState::Unplanned => {
+                        let failure = PartFailure {
+                            part: PartFailure::planning_part(job.page()),
+                            error: "reached the dead-letter queue after its retries".into(),
+                        };
+                        self.store
+                            .record_failure(task_id, failure, Some(job.page()))
+                            .await?;
+                    }
+                },
+            }
+            self.complete_if_done(task_id).await.map(|()| true)
         }
-        .await;
-        if let Err(record_err) = result {
-            tracing::error!(%task_id, error = %record_err, "could not record the failure on the task");
-        }
+        .instrument(span)
+        .await
     }
 }
+
 #[cfg(test)]
 mod tests;

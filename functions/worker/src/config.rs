@@ -1,4 +1,7 @@
 use newsletter::config::{self, ConfigError};
+use newsletter::deliver::Budget;
+use newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY;
+use std::time::Duration;
 
 /// The worker's settings, from the environment the template sets.
 #[derive(Debug, Clone)]
@@ -6,9 +9,13 @@ pub struct Config {
     pub queue_url: String,
     /// The DynamoDB table of task status and recipient claims (`TABLE_NAME`).
     pub table_name: String,
-    /// The jobs queue's redrive `maxReceiveCount` (`MAX_RECEIVE_COUNT`, default 5): a message
-    /// failing on that receive goes to the dead-letter queue, so its task is told.
-    pub max_receive_count: u32,
+    /// The jobs queue's dead-letter queue (`DEAD_LETTER_QUEUE_URL`), swept on a schedule to
+    /// account for what reached it.
+    pub dead_letter_queue_url: String,
+    /// The function's timeout (`FUNCTION_TIMEOUT`, seconds, default 60: the template's): the
+    /// invocation's deadline when the runtime gives none, and the time the send rate is
+    /// planned over.
+    pub function_timeout: Duration,
     pub contact_list_name: String,
     pub from_address: String,
     /// Emails per second for the whole SES account (`MAX_SEND_RATE`, default 14: the usual
@@ -27,7 +34,8 @@ impl Config {
         let config = Self {
             queue_url: config::required("QUEUE_URL")?,
             table_name: config::required("TABLE_NAME")?,
-            max_receive_count: config::parsed_or("MAX_RECEIVE_COUNT", 5)?,
+            dead_letter_queue_url: config::required("DEAD_LETTER_QUEUE_URL")?,
+            function_timeout: Duration::from_secs(config::parsed_or("FUNCTION_TIMEOUT", 60)?),
             contact_list_name: config::required("CONTACT_LIST_NAME")?,
             from_address: config::required("FROM_ADDRESS")?,
             max_send_rate: config::parsed_or("MAX_SEND_RATE", 14.0)?,
@@ -51,7 +59,75 @@ impl Config {
         )?;
         positive("MAX_CONCURRENCY", config.max_concurrency > 0)?;
         positive("MAX_IN_FLIGHT", config.max_in_flight > 0)?;
-        positive("MAX_RECEIVE_COUNT", config.max_receive_count > 0)?;
+        positive("FUNCTION_TIMEOUT", !config.function_timeout.is_zero())?;
+        config.chunk_size()?;
         Ok(config)
+    }
+
+    /// Emails per second one instance may send: the account's rate split across the instances
+    /// that may run at once.
+    pub fn rate_per_instance(&self) -> f64 {
+        self.max_send_rate / f64::from(self.max_concurrency.max(1))
+    }
+
+    /// Recipients per delivery message: [`MAX_RECIPIENTS_PER_DELIVERY`], or fewer when one
+    /// instance cannot send that many within one invocation, so that a chunk always fits one.
+    /// A configuration in which an invocation cannot send even one email is refused (at init,
+    /// naming the parameters), rather than failing at send time.
+    pub fn chunk_size(&self) -> Result<usize, ConfigError> {
+        let (sending, _, _) = Budget::split(self.function_timeout);
+        let per_invocation = self.rate_per_instance() * sending.as_secs_f64();
+        if per_invocation < 1.0 {
+            return Err(ConfigError::Invalid {
+                name: "MAX_SEND_RATE",
+                reason: format!(
+                    "MAX_SEND_RATE {} / MAX_CONCURRENCY {} is {:.4} emails/s per instance, which \
+                     cannot send one email in the {:.0} s an invocation of FUNCTION_TIMEOUT {} s \
+                     may send for; raise MaxSendRate or lower WorkerMaxConcurrency",
+                    self.max_send_rate,
+                    self.max_concurrency,
+                    self.rate_per_instance(),
+                    sending.as_secs_f64(),
+                    self.function_timeout.as_secs()
+                ),
+            });
+        }
+        Ok((per_invocation as usize).min(MAX_RECIPIENTS_PER_DELIVERY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_send_rate: f64, max_concurrency: u32, timeout_seconds: u64) -> Config {
+        Config {
+            queue_url: "q".into(),
+            table_name: "t".into(),
+            dead_letter_queue_url: "d".into(),
+            function_timeout: Duration::from_secs(timeout_seconds),
+            contact_list_name: "c".into(),
+            from_address: "f@x.io".into(),
+            max_send_rate,
+            max_concurrency,
+            max_in_flight: 16,
+            configuration_set_name: None,
+        }
+    }
+
+    #[test]
+    fn chunks_fit_one_invocation_at_the_per_instance_rate() {
+        // The template's defaults: 14/s over 5 instances is 2.8/s, 53 s of sending: 148 emails.
+        assert_eq!(config(14.0, 5, 60).chunk_size().unwrap(), 50);
+        // 1/s over 2 instances: 26 emails an invocation, so chunks of 26.
+        assert_eq!(config(1.0, 2, 60).chunk_size().unwrap(), 26);
+    }
+
+    #[test]
+    fn a_rate_split_that_cannot_send_one_email_an_invocation_is_refused_naming_the_parameters() {
+        let err = config(1.0, 1000, 60).chunk_size().unwrap_err().to_string();
+        for name in ["MAX_SEND_RATE", "MAX_CONCURRENCY", "FUNCTION_TIMEOUT", "WorkerMaxConcurrency"] {
+            assert!(err.contains(name), "{err}");
+        }
     }
 }

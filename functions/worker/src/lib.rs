@@ -1,5 +1,5 @@
-//! SQS adapter for the worker: run each record of a batch through the domain and report the
-//! ones that failed, so SQS retries only those.
+//! SQS adapter for the worker: run each batch through the domain and report the records that
+//! failed, so SQS retries only those; and, on a schedule, sweep the dead-letter queue.
 
 mod config;
 pub mod ses;
@@ -8,42 +8,47 @@ pub use config::Config;
 
 use aws_config::{SdkConfig, retry::RetryConfig};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use futures::future::join_all;
 use lambda_runtime::{Error, LambdaEvent};
 use newsletter::{
     deliver::{Mailer, SendPolicy, Sender},
     directory::ContactDirectory,
     dynamo::DynamoStore,
-    queue::{MessageQueue, SqsQueue},
-    tasks::{ClaimStore, TaskStore},
-    work::{Invocation, Worker},
+    queue::{DeadLetterQueue, MessageQueue, SqsQueue},
+    tasks::{ChunkStore, PlanStore, TaskStore},
+    work::{QueueRecord, SweepReport, Worker},
 };
+use serde::{Deserialize, Serialize};
 use ses::{SesContactList, SesMailer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The worker as deployed: SQS for the queue, SES v2 for contacts and mail.
+/// The worker as deployed: SQS for the queue, SES v2 for contacts and mail, DynamoDB for tasks.
 pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer, DynamoStore>;
 
-/// Builds the worker's clients once, at init. Makes no network call.
-pub fn build(config: &Config, aws: &SdkConfig) -> SesWorker {
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name);
-    build_with_store(config, aws, store)
+/// What the function holds from init on.
+pub struct Function<Q, D, M, S, L> {
+    pub worker: Worker<Q, D, M, S>,
+    pub dead_letters: L,
+    /// The function's timeout: the deadline to assume when the runtime gives none.
+    pub time_limit: Duration,
 }
 
-/// The worker with another task store (the benchmark keeps claims in memory, so that it
-/// measures the worker rather than the local DynamoDB).
-pub fn build_with_store<S>(
-    config: &Config,
-    aws: &SdkConfig,
-    store: S,
-) -> Worker<SqsQueue, SesContactList, SesMailer, S>
-where
-    S: TaskStore + ClaimStore,
-{
+/// The function as deployed.
+pub type SesFunction = Function<SqsQueue, SesContactList, SesMailer, DynamoStore, SqsQueue>;
+
+/// Builds the worker's clients once, at init. Makes no network call.
+pub fn build(config: &Config, aws: &SdkConfig) -> Result<SesFunction, newsletter::config::ConfigError> {
     // The contact-list APIs have low per-account request rates: when several plans run at once,
-    // back off and retry inside the SDK rather than fail the job message.
+    // back off and retry inside the SDK rather than fail the job message. Planning comes first
+    // in an invocation, so these calls may take longer than the store's and the sends'.
     let ses = aws_sdk_sesv2::Client::from_conf(
         aws_sdk_sesv2::config::Builder::from(aws)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(20))
+                    .build(),
+            )
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(6)
@@ -52,15 +57,17 @@ where
             )
             .build(),
     );
-    // Sends are retried by the `Sender`, which slows down on throttling and holds each
-    // recipient's claim meanwhile; SDK retries would resend behind its back, at the old rate.
+    // Sends are retried by the `Sender`, which slows down on throttling, holds the chunk's
+    // lease meanwhile and never starts a send past its budget; SDK retries would resend
+    // behind its back, at the old rate and past the deadline.
     let ses_sending = aws_sdk_sesv2::Client::from_conf(
         aws_sdk_sesv2::config::Builder::from(aws)
             .retry_config(RetryConfig::disabled())
             .build(),
     );
-    Worker::new(
-        SqsQueue::new(aws_sdk_sqs::Client::new(aws), &config.queue_url),
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let worker = Worker::new(
+        SqsQueue::new(sqs.clone(), &config.queue_url),
         SesContactList::new(ses, &config.contact_list_name),
         Sender::new(
             SesMailer::new(ses_sending, config),
@@ -70,51 +77,81 @@ where
                 config.max_in_flight,
             ),
         ),
-        store,
-    )
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name),
+        config.chunk_size()?,
+    );
+    Ok(Function {
+        worker,
+        dead_letters: SqsQueue::new(sqs, &config.dead_letter_queue_url),
+        time_limit: config.function_timeout,
+    })
 }
 
-/// Processes a batch. Records run concurrently (they share the send-rate limiter); each failed
-/// record is reported by its message id, and a failure never affects its batch-mates.
-///
-/// A record on its `max_receive_count`th receive is on its last attempt: if it fails, SQS moves
-/// it to the dead-letter queue, and the worker records that on its task first.
-pub async fn handle<Q, D, M, S>(
-    worker: &Worker<Q, D, M, S>,
-    max_receive_count: u32,
-    event: LambdaEvent<SqsEvent>,
-) -> Result<SqsBatchResponse, Error>
+/// What the worker is invoked with: a batch from the jobs queue, or the schedule's sweep.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerEvent {
+    /// `{"sweep": "dead-letters"}`, from the template's schedule.
+    Sweep(SweepRequest),
+    Batch(SqsEvent),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRequest {
+    pub sweep: SweepTarget,
+}
+
+#[derive(Debug, Deserialize)]
+pub enum SweepTarget {
+    #[serde(rename = "dead-letters")]
+    DeadLetters,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum WorkerResponse {
+    Batch(SqsBatchResponse),
+    Sweep(SweepReport),
+}
+
+/// Handles one invocation. A batch's failed records are reported by message id, and a failure
+/// never affects its batch-mates.
+pub async fn handle<Q, D, M, S, L>(
+    function: &Function<Q, D, M, S, L>,
+    event: LambdaEvent<WorkerEvent>,
+) -> Result<WorkerResponse, Error>
 where
     Q: MessageQueue,
     D: ContactDirectory,
     M: Mailer,
-    S: TaskStore + ClaimStore,
+    S: TaskStore + PlanStore + ChunkStore,
+    L: DeadLetterQueue,
 {
-    let deadline = invocation_deadline(event.context.deadline);
-    let outcomes = join_all(event.payload.records.iter().map(|record| async move {
-        let body = record.body.as_deref().unwrap_or_default();
-        let receives: u32 = record
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|count| count.parse().ok())
-            .unwrap_or(1);
-        let invocation = Invocation {
-            deadline,
-            last_attempt: receives >= max_receive_count,
-        };
-        (
-            record.message_id.as_deref(),
-            worker.process(body, invocation).await,
-        )
-    }))
-    .await;
+    let deadline = invocation_deadline(event.context.deadline, function.time_limit);
+    let batch = match event.payload {
+        WorkerEvent::Sweep(_) => {
+            let report = function
+                .worker
+                .sweep_dead_letters(&function.dead_letters, deadline)
+                .await;
+            return Ok(WorkerResponse::Sweep(report));
+        }
+        WorkerEvent::Batch(batch) => batch,
+    };
+    let records: Vec<QueueRecord<'_>> = batch
+        .records
+        .iter()
+        .map(|record| QueueRecord {
+            message_id: record.message_id.as_deref().unwrap_or("<none>"),
+            body: record.body.as_deref().unwrap_or_default(),
+        })
+        .collect();
+    let failed = function.worker.process_batch(&records, deadline).await;
 
     let mut response = SqsBatchResponse::default();
-    for (message_id, result) in outcomes {
-        let Err(err) = result else { continue };
-        // Log the id and the reason, never the body: it holds subscriber data.
-        tracing::warn!(message_id = message_id.unwrap_or("<none>"), error = %err, "reporting message failed");
-        match message_id {
+    for position in failed {
+        match batch.records[position].message_id.as_deref() {
             Some(id) => {
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id.to_owned();
@@ -125,21 +162,18 @@ where
             None => return Err("an SQS record without a message id failed".into()),
         }
     }
-    Ok(response)
+    Ok(WorkerResponse::Batch(response))
 }
 
-/// Time to assume when the deadline is unusable: the template's worker timeout.
-const FALLBACK_TIME_LIMIT: Duration = Duration::from_secs(60);
-
 /// The invocation's deadline, from the context's milliseconds since the epoch.
-fn invocation_deadline(deadline_ms: u64) -> SystemTime {
+fn invocation_deadline(deadline_ms: u64, time_limit: Duration) -> SystemTime {
     let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
     // Lambda always sends a deadline in the future. `cargo lambda watch` sends a duration
     // (600000) instead of a timestamp, which reads as long past: fall back to the timeout.
     if deadline > SystemTime::now() {
         deadline
     } else {
-        SystemTime::now() + FALLBACK_TIME_LIMIT
+        SystemTime::now() + time_limit
     }
 }
 

@@ -13,15 +13,15 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let aws = sdk::load(
         TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
+            // Short enough that a slow call fails within the invocation's reserve (see
+            // `newsletter::deliver::Budget`) and is retried there, not cut off by Lambda.
+            .connect_timeout(Duration::from_secs(1))
+            .operation_attempt_timeout(Duration::from_secs(2))
+            .operation_timeout(Duration::from_secs(3))
             .build(),
     )
     .await?;
-    let worker = worker::build(&config, &aws);
+    let function = worker::build(&config, &aws)?;
 
-    run(service_fn(|event| {
-        worker::handle(&worker, config.max_receive_count, event)
-    }))
-    .await
+    run(service_fn(|event| worker::handle(&function, event))).await
 }

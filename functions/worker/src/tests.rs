@@ -1,5 +1,5 @@
-//! The batch contract: only failed records are reported, by message id; a record on its last
-//! receive is recorded on its task before it goes to the dead-letter queue.
+//! The batch contract: only failed records are reported, by message id; the schedule's sweep
+//! event is told from a batch.
 
 use super::*;
 use aws_lambda_events::event::sqs::SqsMessage;
@@ -10,17 +10,17 @@ use newsletter::{
     audience::{Subscription, TopicDefaults},
     deliver::{SendError, SendPolicy, Sender},
     directory::ContactPage,
-    fakes::{MemoryStore, PagedDirectory, RecordingMailer, RecordingQueue},
+    fakes::{MemoryDeadLetters, MemoryStore, PagedDirectory, RecordingMailer, RecordingQueue},
     message::{Delivery, Message, Recipient},
-    tasks::{PageCounts, TaskStatus, TaskStore},
+    planning::PagePlan,
+    tasks::{PlanStore, TaskStatus, TaskStore},
 };
 use serde_json::json;
 
-type TestWorker = Worker<RecordingQueue, PagedDirectory, RecordingMailer, MemoryStore>;
+type TestFunction =
+    Function<RecordingQueue, PagedDirectory, RecordingMailer, MemoryStore, MemoryDeadLetters>;
 
-const MAX_RECEIVE_COUNT: u32 = 5;
-
-fn worker_with(mailer: RecordingMailer) -> TestWorker {
+fn function_with(mailer: RecordingMailer, store: MemoryStore) -> TestFunction {
     let directory = PagedDirectory {
         defaults: TopicDefaults([("rust".to_string(), Subscription::OptIn)].into()),
         pages: vec![ContactPage::default()],
@@ -30,25 +30,38 @@ fn worker_with(mailer: RecordingMailer) -> TestWorker {
         emails_per_second: 10_000.0,
         max_in_flight: 4,
     };
-    Worker::new(
-        RecordingQueue::default(),
-        directory,
-        Sender::new(mailer, policy),
-        MemoryStore::default(),
-    )
+    Function {
+        worker: Worker::new(
+            RecordingQueue::default(),
+            directory,
+            Sender::new(mailer, policy),
+            store,
+            50,
+        ),
+        dead_letters: MemoryDeadLetters::default(),
+        time_limit: Duration::from_secs(60),
+    }
 }
 
-fn worker() -> TestWorker {
-    worker_with(RecordingMailer::default())
+fn function() -> (TestFunction, MemoryStore) {
+    let store = MemoryStore::default();
+    (function_with(RecordingMailer::default(), store.clone()), store)
 }
 
 /// A delivery message to `email` for a recorded, fully planned task.
-async fn delivery_to(worker: &TestWorker, email: &str) -> (TaskId, String) {
+async fn delivery_to(store: &MemoryStore, email: &str) -> (TaskId, String) {
     let task_id = TaskId::generate();
-    let store = worker.store();
     store.create(task_id).await.unwrap();
-    let counts = PageCounts::only_page(1);
-    store.record_page(task_id, counts).await.unwrap();
+    let recipients = vec![Recipient {
+        email: EmailAddress::parse(email).unwrap(),
+        topics: vec![Topic::parse("rust").unwrap()],
+    }];
+    let plan = PagePlan {
+        chunks: vec![recipients.clone()],
+        contacts: 1,
+        ..PagePlan::default()
+    };
+    store.record_page(task_id, plan).await.unwrap();
     let message = Message::Delivery(Delivery {
         task_id,
         chunk_id: "p0-c0".into(),
@@ -57,34 +70,39 @@ async fn delivery_to(worker: &TestWorker, email: &str) -> (TaskId, String) {
             "subject": "S", "sections": [{"topic": "rust", "title": "T", "body": "B"}]
         }))
         .unwrap(),
-        recipients: vec![Recipient {
-            email: EmailAddress::parse(email).unwrap(),
-            topics: vec![Topic::parse("rust").unwrap()],
-        }],
+        recipients,
     });
     (task_id, message.encode())
 }
 
-fn record(id: Option<&str>, body: &str, receives: u32) -> SqsMessage {
+fn record(id: Option<&str>, body: &str) -> SqsMessage {
     let mut message = SqsMessage::default();
     message.message_id = id.map(str::to_owned);
     message.body = Some(body.to_owned());
     message
-        .attributes
-        .insert("ApproximateReceiveCount".into(), receives.to_string());
-    message
 }
 
-fn event(records: Vec<SqsMessage>) -> LambdaEvent<SqsEvent> {
-    let mut payload = SqsEvent::default();
-    payload.records = records;
+fn context() -> Context {
     let mut context = Context::default();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     context.deadline = now_ms + 60_000;
-    LambdaEvent::new(payload, context)
+    context
+}
+
+fn event(records: Vec<SqsMessage>) -> LambdaEvent<WorkerEvent> {
+    let mut payload = SqsEvent::default();
+    payload.records = records;
+    LambdaEvent::new(WorkerEvent::Batch(payload), context())
+}
+
+async fn batch(function: &TestFunction, records: Vec<SqsMessage>) -> SqsBatchResponse {
+    match handle(function, event(records)).await.unwrap() {
+        WorkerResponse::Batch(response) => response,
+        WorkerResponse::Sweep(report) => panic!("a batch was answered as a sweep: {report:?}"),
+    }
 }
 
 fn reported(response: &SqsBatchResponse) -> Vec<&str> {
@@ -97,96 +115,92 @@ fn reported(response: &SqsBatchResponse) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_poison_message_is_reported_alone_and_its_batch_mates_are_done() {
-    let worker = worker();
-    let (_, first) = delivery_to(&worker, "a@example.com").await;
-    let (_, second) = delivery_to(&worker, "b@example.com").await;
-    let batch = event(vec![
-        record(Some("good-1"), &first, 1),
-        record(Some("poison"), "{\"not\": \"a message\"}", 1),
-        record(Some("good-2"), &second, 1),
-    ]);
+    let (function, store) = function();
+    let (_, first) = delivery_to(&store, "a@example.com").await;
+    let (_, second) = delivery_to(&store, "b@example.com").await;
+    let records = vec![
+        record(Some("good-1"), &first),
+        record(Some("poison"), "{\"not\": \"a message\"}"),
+        record(Some("good-2"), &second),
+    ];
 
-    let response = handle(&worker, MAX_RECEIVE_COUNT, batch).await.unwrap();
+    let response = batch(&function, records).await;
 
     assert_eq!(reported(&response), ["poison"]);
-    let mut sent = worker.sender().mailer().recipients();
+    let mut sent = function.worker.sender().mailer().recipients();
     sent.sort();
     assert_eq!(sent, ["a@example.com", "b@example.com"]);
 }
 
 #[tokio::test]
 async fn a_record_without_a_body_is_poison() {
-    let worker = worker();
-    let mut bodiless = record(Some("empty"), "", 1);
+    let (function, _) = function();
+    let mut bodiless = record(Some("empty"), "");
     bodiless.body = None;
-    let response = handle(&worker, MAX_RECEIVE_COUNT, event(vec![bodiless]))
-        .await
-        .unwrap();
+    let response = batch(&function, vec![bodiless]).await;
     assert_eq!(reported(&response), ["empty"]);
 }
 
 #[tokio::test]
 async fn an_all_good_batch_reports_nothing() {
-    let worker = worker();
-    let (task_id, body) = delivery_to(&worker, "a@example.com").await;
-    let response = handle(
-        &worker,
-        MAX_RECEIVE_COUNT,
-        event(vec![record(Some("1"), &body, 1)]),
-    )
-    .await
-    .unwrap();
-    assert!(response.batch_item_failures.is_empty());
-    let json = serde_json::to_value(&response).unwrap();
+    let (function, store) = function();
+    let (task_id, body) = delivery_to(&store, "a@example.com").await;
+    let answer = handle(&function, event(vec![record(Some("1"), &body)])).await.unwrap();
+    let json = serde_json::to_value(&answer).unwrap();
     assert_eq!(json, json!({"batchItemFailures": []}));
-    let task = worker.store().get(task_id).await.unwrap().unwrap();
+    let task = store.get(task_id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Completed);
 }
 
 #[tokio::test]
-async fn a_failure_on_the_last_receive_is_recorded_on_the_task() {
+async fn a_message_that_keeps_failing_is_reported_until_the_sweep_accounts_it() {
     let failing = RecordingMailer::failing([(
         "a@example.com".to_string(),
-        SendError::Transient("throttled".into()),
+        SendError::Transient("SES unavailable".into()),
     )]);
-    let worker = worker_with(failing);
-    let (task_id, body) = delivery_to(&worker, "a@example.com").await;
+    let store = MemoryStore::default();
+    let mut function = function_with(failing, store.clone());
+    let (task_id, body) = delivery_to(&store, "a@example.com").await;
 
-    let early = handle(
-        &worker,
-        MAX_RECEIVE_COUNT,
-        event(vec![record(Some("m"), &body, 4)]),
-    )
-    .await;
-    assert_eq!(reported(&early.unwrap()), ["m"]);
-    let task = worker.store().get(task_id).await.unwrap().unwrap();
-    assert_eq!(
-        task.status,
-        TaskStatus::Sending,
-        "not yet: SQS will deliver it again"
-    );
+    for _ in 0..5 {
+        let response = batch(&function, vec![record(Some("m"), &body)]).await;
+        assert_eq!(reported(&response), ["m"], "reported, so SQS retries it and then dead-letters it");
+    }
+    let task = store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Sending, "not yet accounted");
 
-    let last = handle(
-        &worker,
-        MAX_RECEIVE_COUNT,
-        event(vec![record(Some("m"), &body, 5)]),
-    )
-    .await;
+    // The schedule's event, as the template sends it, sweeps the dead-letter queue.
+    function.dead_letters = MemoryDeadLetters::holding([body]);
+    let sweep: WorkerEvent = serde_json::from_str(r#"{"sweep": "dead-letters"}"#).unwrap();
+    let answer = handle(&function, LambdaEvent::new(sweep, context())).await.unwrap();
     assert_eq!(
-        reported(&last.unwrap()),
-        ["m"],
-        "still reported, so it reaches the DLQ"
+        serde_json::to_value(&answer).unwrap(),
+        json!({"seen": 1, "accounted": 1, "deferred": 0})
     );
-    let task = worker.store().get(task_id).await.unwrap().unwrap();
+    let task = store.get(task_id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::CompletedWithErrors);
     assert_eq!(task.recipients.failed, 1);
 }
 
+#[test]
+fn the_events_are_told_apart() {
+    let sqs: WorkerEvent = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-job.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(sqs, WorkerEvent::Batch(batch) if batch.records.len() == 1));
+    let sweep: WorkerEvent = serde_json::from_str(r#"{"sweep": "dead-letters"}"#).unwrap();
+    assert!(matches!(sweep, WorkerEvent::Sweep(_)));
+    assert!(
+        serde_json::from_str::<WorkerEvent>(r#"{"sweep": "everything"}"#).is_err(),
+        "an unknown sweep is refused, not taken for an empty batch"
+    );
+}
+
 #[tokio::test]
 async fn a_failure_that_cannot_be_named_fails_the_whole_batch() {
-    let worker = worker();
-    let batch = event(vec![record(None, "poison", 1)]);
-    assert!(handle(&worker, MAX_RECEIVE_COUNT, batch).await.is_err());
+    let (function, _) = function();
+    assert!(handle(&function, event(vec![record(None, "poison")])).await.is_err());
 }
 
 #[test]
@@ -194,10 +208,11 @@ fn the_invocation_deadline_comes_from_the_context_or_falls_back_to_the_timeout()
     let now = SystemTime::now();
     let in_a_minute = now + Duration::from_secs(60);
     let deadline_ms = in_a_minute.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-    let deadline = invocation_deadline(deadline_ms);
+    let limit = Duration::from_secs(60);
+    let deadline = invocation_deadline(deadline_ms, limit);
     assert!(deadline.duration_since(in_a_minute).unwrap_or_default() < Duration::from_millis(1));
     // cargo lambda watch sends 600000 (a duration): the template's timeout is assumed instead.
-    let fallback = invocation_deadline(600_000).duration_since(now).unwrap();
+    let fallback = invocation_deadline(600_000, limit).duration_since(now).unwrap();
     assert!(
         fallback >= Duration::from_secs(59) && fallback <= Duration::from_secs(61),
         "{fallback:?}"

@@ -62,19 +62,21 @@ impl AdaptiveRate {
         state.rate
     }
 
-    /// Waits for a send's turn.
-    pub async fn ready(&self) {
-        let slot = {
-            let mut state = self.lock();
-            let now = Instant::now();
-            self.recover(&mut state, now);
-            let (interval, burst) = state.spacing();
-            // GCRA: a send may start up to `burst` ahead of its place in the even spacing.
-            let slot = now.max(state.next.checked_sub(burst).unwrap_or(now));
-            state.next = state.next.max(slot) + interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+    /// Books the next send's turn, if it comes no later than `not_after`: the caller waits until
+    /// the returned instant, then sends. A turn past `not_after` is not booked, so a send that
+    /// could not start in time takes nothing from the sends that can.
+    pub fn reserve(&self, not_after: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        self.recover(&mut state, now);
+        let (interval, burst) = state.spacing();
+        // GCRA: a send may start up to `burst` ahead of its place in the even spacing.
+        let slot = now.max(state.next.checked_sub(burst).unwrap_or(now));
+        if slot > not_after {
+            return None;
+        }
+        state.next = state.next.max(slot) + interval;
+        Some(slot)
     }
 
     /// SES throttled a send: slow down, unless the rate was cut less than a second ago.
@@ -124,8 +126,10 @@ mod tests {
     /// Starts `count` sends one after another, as fast as the rate lets them.
     async fn starts(rate: &AdaptiveRate, count: usize) -> Vec<Instant> {
         let mut started = Vec::with_capacity(count);
+        let never = Instant::now() + Duration::from_secs(3600);
         for _ in 0..count {
-            rate.ready().await;
+            let slot = rate.reserve(never).unwrap();
+            tokio::time::sleep_until(slot).await;
             started.push(Instant::now());
         }
         started
@@ -170,7 +174,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_a_throttle_there_is_no_burst() {
         let rate = AdaptiveRate::new(10.0);
-        rate.ready().await;
+        starts(&rate, 1).await;
         let throttled_at = Instant::now();
         rate.throttled();
         let after = starts(&rate, 3).await;
@@ -206,5 +210,19 @@ mod tests {
             rate.throttled();
         }
         assert!((rate.current() - 1.0).abs() < 1e-6, "{}", rate.current());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_past_the_limit_is_not_booked() {
+        let rate = AdaptiveRate::new(1.0);
+        let now = Instant::now();
+        assert_eq!(rate.reserve(now), Some(now), "the first send goes at once");
+        // The next turn is a second away: refused for a limit half a second away, and the
+        // refusal books nothing, so the turn is still there for a later limit.
+        assert_eq!(rate.reserve(now + Duration::from_millis(500)), None);
+        assert_eq!(
+            rate.reserve(now + Duration::from_secs(5)),
+            Some(now + Duration::from_secs(1))
+        );
     }
 }

@@ -1,0 +1,447 @@
+//! The store contract: what every task store must do, written once as scenarios and run against
+//! each store (the in-memory one in this crate's unit tests, the DynamoDB one on DynamoDB Local
+//! in the integration tests), so that no test of the domain passes on behaviour the real store
+//! does not have.
+//!
+//! Each scenario takes a fresh store and panics, naming what broke, if the store breaks the
+//! contract. [`store_contract!`](crate::store_contract) turns them into one test each.
+
+use crate::domain::{EmailAddress, TaskId, Topic};
+use crate::message::Recipient;
+use crate::planning::PagePlan;
+use crate::tasks::{
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState,
+    PartFailure, PlanStore, Recipients, Reservation, Settled, TaskStatus, TaskStore,
+};
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+/// Everything the worker and the accept function need of a store.
+pub trait Store: TaskStore + IdempotencyStore + PlanStore + ChunkStore {}
+impl<S: TaskStore + IdempotencyStore + PlanStore + ChunkStore> Store for S {}
+
+/// One test per scenario, for the store `$make` builds (an expression, awaited if `async`).
+#[macro_export]
+macro_rules! store_contract {
+    ($make:expr) => {
+        $crate::store_contract!(@tests $make;
+            tasks_are_created_once_and_read_back,
+            a_task_without_its_record_counts_nothing,
+            a_page_is_counted_once_and_its_first_plan_wins,
+            a_page_goes_from_unplanned_to_planned_to_enqueued,
+            planning_is_done_at_the_last_page_and_a_failed_page_stops_it_until_redriven,
+            a_chunk_is_leased_to_one_live_holder_at_a_time,
+            records_are_idempotent_and_need_the_lease,
+            closing_counts_once_even_when_repeated,
+            a_released_chunk_can_be_leased_at_once,
+            a_dead_lettered_chunk_counts_the_rest_failed_once_and_a_redrive_sends_them,
+            a_live_lease_keeps_a_chunk_from_being_dead_lettered,
+            finishing_moves_a_task_once,
+            two_invocations_leasing_one_chunk_at_once_get_one_lease,
+            chunks_closing_at_once_count_every_recipient,
+            idempotency_keys_are_reserved_once,
+        );
+    };
+    (@tests $make:expr; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $scenario() {
+                let store = $make;
+                $crate::contract::$scenario(&store).await;
+            }
+        )*
+    };
+}
+
+fn email(index: usize) -> EmailAddress {
+    EmailAddress::parse(&format!("reader{index}@example.com")).unwrap()
+}
+
+fn recipients(count: usize) -> Vec<Recipient> {
+    let topics = vec![Topic::parse("rust").unwrap(), Topic::parse("aws").unwrap()];
+    (0..count)
+        .map(|index| Recipient {
+            email: email(index),
+            topics: topics[..1 + index % 2].to_vec(),
+        })
+        .collect()
+}
+
+/// A page of `contacts` contacts of which `per_chunk.iter().sum()` are recipients, the rest
+/// skipped.
+fn plan(page: u32, per_chunk: &[usize], contacts: u64, last: bool) -> PagePlan {
+    let chunks: Vec<Vec<Recipient>> = per_chunk.iter().map(|size| recipients(*size)).collect();
+    let recipients: u64 = per_chunk.iter().map(|size| *size as u64).sum();
+    PagePlan {
+        page,
+        chunks,
+        contacts,
+        skipped: contacts - recipients,
+        invalid_addresses: 0,
+        next_token: (!last).then(|| format!("token-{}", page + 1)),
+    }
+}
+
+fn holder(name: &str, lives: Duration) -> Holder {
+    Holder {
+        token: format!("{name}-{}", uuid::Uuid::now_v7()),
+        lapses: SystemTime::now() + lives,
+    }
+}
+
+fn live(name: &str) -> Holder {
+    holder(name, Duration::from_secs(60))
+}
+
+fn settled(sent: &[u16], rejected: &[u16]) -> Settled {
+    Settled {
+        sent: sent.to_vec(),
+        rejected: rejected.to_vec(),
+    }
+}
+
+async fn new_task(store: &impl Store) -> TaskId {
+    let task_id = TaskId::generate();
+    store.create(task_id).await.expect("a task is created");
+    task_id
+}
+
+/// A task with one page of one chunk of `size` recipients (all contacts), counted.
+async fn planned_task(store: &impl Store, size: usize) -> TaskId {
+    let task_id = new_task(store).await;
+    store
+        .record_page(task_id, plan(0, &[size], size as u64, true))
+        .await
+        .expect("the page is recorded");
+    task_id
+}
+
+async fn counts(store: &impl Store, task_id: TaskId) -> Recipients {
+    task(store, task_id).await.recipients
+}
+
+async fn task(store: &impl Store, task_id: TaskId) -> crate::tasks::TaskRecord {
+    store
+        .get(task_id)
+        .await
+        .expect("the task is read")
+        .expect("the task exists")
+}
+
+async fn held(store: &impl Store, task_id: TaskId, chunk: &str, size: usize, by: &Holder) -> ChunkProgress {
+    match store.lease(task_id, chunk, size, by).await.expect("the lease is asked for") {
+        Lease::Held(progress) => progress,
+        other => panic!("{chunk}: expected a lease, got {other:?}"),
+    }
+}
+
+fn set(positions: &[u16]) -> BTreeSet<u16> {
+    positions.iter().copied().collect()
+}
+
+pub async fn tasks_are_created_once_and_read_back(store: &impl Store) {
+    let task_id = new_task(store).await;
+    let record = task(store, task_id).await;
+    assert_eq!(record.status, TaskStatus::Accepted);
+    assert_eq!(record.recipients, Recipients::default());
+    assert!(!record.planning_done && record.failures.is_empty());
+    assert!(store.create(task_id).await.is_err(), "a task id is created once");
+    store.delete(task_id).await.expect("a task is deleted");
+    assert_eq!(store.get(task_id).await.expect("read"), None);
+}
+
+pub async fn a_task_without_its_record_counts_nothing(store: &impl Store) {
+    let task_id = TaskId::generate();
+    assert!(
+        store.record_page(task_id, plan(0, &[2], 2, true)).await.is_err(),
+        "a page of a task that has no record is refused, not counted into nothing"
+    );
+    let by = live("a");
+    let progress = held(store, task_id, "p0-c0", 1, &by).await;
+    let mut after = progress.clone();
+    after.apply(&settled(&[0], &[]));
+    assert!(
+        store.close(task_id, "p0-c0", &by, &settled(&[0], &[]), &after).await.is_err(),
+        "a chunk of a task that has no record cannot be counted"
+    );
+}
+
+pub async fn a_page_is_counted_once_and_its_first_plan_wins(store: &impl Store) {
+    let task_id = new_task(store).await;
+    let first = plan(0, &[3, 2], 7, false);
+    assert_eq!(store.record_page(task_id, first.clone()).await.unwrap(), first);
+    // A retry that read a changed contact list gets the stored plan back, counted once.
+    let changed = plan(0, &[4], 9, false);
+    assert_eq!(
+        store.record_page(task_id, changed).await.unwrap(),
+        first,
+        "the first plan stored is the page's plan"
+    );
+    let counts = counts(store, task_id).await;
+    assert_eq!((counts.planned, counts.skipped, counts.failed), (7, 2, 0));
+    assert_eq!(task(store, task_id).await.status, TaskStatus::Planning);
+}
+
+pub async fn a_page_goes_from_unplanned_to_planned_to_enqueued(store: &impl Store) {
+    let task_id = new_task(store).await;
+    assert_eq!(store.page_state(task_id, 0).await.unwrap(), PageState::Unplanned);
+    let page = plan(0, &[2, 1], 3, true);
+    store.record_page(task_id, page.clone()).await.unwrap();
+    assert_eq!(
+        store.page_state(task_id, 0).await.unwrap(),
+        PageState::Planned(page),
+        "the stored plan comes back whole: recipients, topics, counts, next token"
+    );
+    store.mark_page_enqueued(task_id, 0).await.unwrap();
+    assert_eq!(store.page_state(task_id, 0).await.unwrap(), PageState::Enqueued);
+    assert_eq!(store.page_state(task_id, 1).await.unwrap(), PageState::Unplanned);
+}
+
+pub async fn planning_is_done_at_the_last_page_and_a_failed_page_stops_it_until_redriven(
+    store: &impl Store,
+) {
+    let task_id = new_task(store).await;
+    store.record_page(task_id, plan(0, &[1], 1, false)).await.unwrap();
+    assert!(!task(store, task_id).await.planning_done, "page 1 is still to plan");
+
+    // Page 1's job reached the dead-letter queue without being planned: planning stops there.
+    let failure = PartFailure {
+        part: PartFailure::planning_part(1),
+        error: "reached the dead-letter queue".into(),
+    };
+    store.record_failure(task_id, failure.clone(), Some(1)).await.unwrap();
+    store.record_failure(task_id, failure.clone(), Some(1)).await.unwrap();
+    let stopped = task(store, task_id).await;
+    assert!(stopped.planning_done, "nothing after page 0 will be planned");
+    assert_eq!(stopped.failures, [failure], "a part is recorded once");
+
+    // A redrive plans page 1 after all: its failure is cleared and planning goes on.
+    store.record_page(task_id, plan(1, &[1], 1, false)).await.unwrap();
+    let reopened = task(store, task_id).await;
+    assert!(!reopened.planning_done, "page 2 is still to plan");
+    assert!(reopened.failures.is_empty(), "{:?}", reopened.failures);
+    store.record_page(task_id, plan(2, &[1], 2, true)).await.unwrap();
+    let done = task(store, task_id).await;
+    assert!(done.planning_done);
+    assert_eq!(done.status, TaskStatus::Sending);
+    assert_eq!((done.recipients.planned, done.recipients.skipped), (4, 1));
+}
+
+pub async fn a_chunk_is_leased_to_one_live_holder_at_a_time(store: &impl Store) {
+    let task_id = planned_task(store, 3).await;
+    let first = live("first");
+    assert_eq!(held(store, task_id, "p0-c0", 3, &first).await, ChunkProgress::default());
+    assert_eq!(
+        store.lease(task_id, "p0-c0", 3, &live("second")).await.unwrap(),
+        Lease::Busy,
+        "a live lease keeps others out"
+    );
+    assert!(
+        matches!(store.lease(task_id, "p0-c0", 3, &first).await.unwrap(), Lease::Held(_)),
+        "the holder may ask again"
+    );
+
+    // A holder that died leaves a lease that lapses; then another takes over, with what the
+    // dead one recorded.
+    let dead = holder("dead", Duration::from_secs(1));
+    let other = "p0-c1";
+    held(store, task_id, other, 3, &dead).await;
+    store.record(task_id, other, &dead, &settled(&[1], &[])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let heir = live("heir");
+    assert_eq!(held(store, task_id, other, 3, &heir).await.sent, set(&[1]));
+}
+
+pub async fn records_are_idempotent_and_need_the_lease(store: &impl Store) {
+    let task_id = planned_task(store, 4).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 4, &by).await;
+    store.record(task_id, "p0-c0", &by, &settled(&[0, 2], &[3])).await.unwrap();
+    // The same record again (a retry after a lost answer) changes nothing.
+    store.record(task_id, "p0-c0", &by, &settled(&[0, 2], &[3])).await.unwrap();
+    assert!(
+        store.record(task_id, "p0-c0", &live("stranger"), &settled(&[1], &[])).await.is_err(),
+        "only the lease holder records"
+    );
+    let progress = held(store, task_id, "p0-c0", 4, &by).await;
+    assert_eq!((progress.sent, progress.rejected), (set(&[0, 2]), set(&[3])));
+    assert!(progress.failed.is_empty());
+    assert_eq!(counts(store, task_id).await.sent, 0, "counted only when the chunk closes");
+}
+
+pub async fn closing_counts_once_even_when_repeated(store: &impl Store) {
+    let task_id = planned_task(store, 3).await;
+    let by = live("a");
+    let progress = held(store, task_id, "p0-c0", 3, &by).await;
+    store.record(task_id, "p0-c0", &by, &settled(&[0], &[])).await.unwrap();
+    let last = settled(&[1], &[2]);
+    let mut after = progress.clone();
+    after.apply(&settled(&[0], &[]));
+    after.apply(&last);
+    store.close(task_id, "p0-c0", &by, &last, &after).await.unwrap();
+    // The same close again, as after a lost answer: it succeeds and counts nothing twice.
+    store.close(task_id, "p0-c0", &by, &last, &after).await.unwrap();
+    let counts = counts(store, task_id).await;
+    assert_eq!((counts.sent, counts.failed), (2, 1));
+    assert_eq!(
+        store.lease(task_id, "p0-c0", 3, &live("late copy")).await.unwrap(),
+        Lease::Finished
+    );
+}
+
+pub async fn a_released_chunk_can_be_leased_at_once(store: &impl Store) {
+    let task_id = planned_task(store, 3).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 3, &by).await;
+    store.release_lease(task_id, "p0-c0", &by, &settled(&[0], &[])).await.unwrap();
+    let next = live("b");
+    let progress = held(store, task_id, "p0-c0", 3, &next).await;
+    assert_eq!(progress.sent, set(&[0]), "what the first recorded is kept");
+    assert!(
+        store.record(task_id, "p0-c0", &by, &settled(&[1], &[])).await.is_err(),
+        "the first holder's lease is over"
+    );
+}
+
+pub async fn a_dead_lettered_chunk_counts_the_rest_failed_once_and_a_redrive_sends_them(
+    store: &impl Store,
+) {
+    let task_id = planned_task(store, 4).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 4, &by).await;
+    store.release_lease(task_id, "p0-c0", &by, &settled(&[0], &[1])).await.unwrap();
+
+    let failure = PartFailure {
+        part: PartFailure::delivery_part("p0-c0"),
+        error: "reached the dead-letter queue".into(),
+    };
+    for _ in 0..2 {
+        // Every sweep sees the message again: it is accounted once.
+        assert_eq!(
+            store.fail_unsettled(task_id, "p0-c0", 4, failure.clone()).await.unwrap(),
+            Accounting::Accounted
+        );
+    }
+    let failed = task(store, task_id).await;
+    assert_eq!(
+        (failed.recipients.sent, failed.recipients.failed),
+        (1, 3),
+        "1 sent; 1 rejected and 2 never sent are failed"
+    );
+    assert!(failed.recipients.all_accounted_for());
+    assert_eq!(failed.failures, [failure.clone()]);
+    assert_eq!(failed.completion(), Some(TaskStatus::CompletedWithErrors));
+
+    // A redrive brings the message back: the failed recipients are owed again, and sending them
+    // moves them from failed to sent and clears the failure.
+    let redrive = live("redrive");
+    let progress = held(store, task_id, "p0-c0", 4, &redrive).await;
+    assert_eq!(progress.failed, set(&[2, 3]));
+    assert!(progress.owes(2) && progress.owes(3) && !progress.owes(1));
+    let last = settled(&[2, 3], &[]);
+    let mut after = progress.clone();
+    after.apply(&last);
+    store.close(task_id, "p0-c0", &redrive, &last, &after).await.unwrap();
+    let redriven = task(store, task_id).await;
+    assert_eq!((redriven.recipients.sent, redriven.recipients.failed), (3, 1));
+    assert!(redriven.failures.is_empty(), "{:?}", redriven.failures);
+
+    // A chunk whose message never reached a worker (throttled away) is failed whole.
+    let never = planned_task(store, 2).await;
+    store.fail_unsettled(never, "p0-c0", 2, failure).await.unwrap();
+    assert_eq!(counts(store, never).await.failed, 2);
+}
+
+pub async fn a_live_lease_keeps_a_chunk_from_being_dead_lettered(store: &impl Store) {
+    let task_id = planned_task(store, 2).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 2, &by).await;
+    let failure = PartFailure {
+        part: PartFailure::delivery_part("p0-c0"),
+        error: "reached the dead-letter queue".into(),
+    };
+    assert_eq!(
+        store.fail_unsettled(task_id, "p0-c0", 2, failure).await.unwrap(),
+        Accounting::Held,
+        "an invocation is still sending it (another copy of the message)"
+    );
+    assert_eq!(counts(store, task_id).await.failed, 0);
+}
+
+pub async fn finishing_moves_a_task_once(store: &impl Store) {
+    let task_id = planned_task(store, 1).await;
+    let (a, b) = tokio::join!(
+        store.finish(task_id, TaskStatus::CompletedWithErrors),
+        store.finish(task_id, TaskStatus::CompletedWithErrors)
+    );
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|moved| **moved).count(),
+        1,
+        "exactly one caller makes the move"
+    );
+    assert!(
+        store.finish(task_id, TaskStatus::Completed).await.unwrap(),
+        "with errors, then clean after a redrive"
+    );
+    assert!(!store.finish(task_id, TaskStatus::CompletedWithErrors).await.unwrap());
+    assert_eq!(task(store, task_id).await.status, TaskStatus::Completed, "completed is final");
+}
+
+pub async fn two_invocations_leasing_one_chunk_at_once_get_one_lease(store: &impl Store) {
+    let task_id = planned_task(store, 2).await;
+    let (a, b) = (live("a"), live("b"));
+    let (first, second) = tokio::join!(
+        store.lease(task_id, "p0-c0", 2, &a),
+        store.lease(task_id, "p0-c0", 2, &b)
+    );
+    let leases = [first.unwrap(), second.unwrap()];
+    assert_eq!(
+        leases.iter().filter(|lease| matches!(lease, Lease::Held(_))).count(),
+        1,
+        "{leases:?}"
+    );
+    assert_eq!(leases.iter().filter(|lease| **lease == Lease::Busy).count(), 1);
+}
+
+pub async fn chunks_closing_at_once_count_every_recipient(store: &impl Store) {
+    let task_id = new_task(store).await;
+    let sizes = [3usize, 3, 3, 3];
+    store.record_page(task_id, plan(0, &sizes, 12, true)).await.unwrap();
+    let close = |index: usize| async move {
+        let chunk = format!("p0-c{index}");
+        let by = live(&chunk);
+        let progress = held(store, task_id, &chunk, 3, &by).await;
+        let all = settled(&[0, 1, 2], &[]);
+        let mut after = progress.clone();
+        after.apply(&all);
+        store.close(task_id, &chunk, &by, &all, &after).await
+    };
+    let results = futures::future::join_all((0..sizes.len()).map(close)).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = task(store, task_id).await;
+    assert_eq!(done.recipients.sent, 12);
+    assert_eq!(done.completion(), Some(TaskStatus::Completed));
+}
+
+pub async fn idempotency_keys_are_reserved_once(store: &impl Store) {
+    let key = format!("key-{}", uuid::Uuid::now_v7());
+    let task_id = TaskId::generate();
+    assert_eq!(store.reserve(&key, "f1", task_id).await.unwrap(), Reservation::New);
+    let pending = Reservation::Existing {
+        task_id,
+        fingerprint: "f1".into(),
+        queued: false,
+    };
+    assert_eq!(store.reserve(&key, "f2", TaskId::generate()).await.unwrap(), pending);
+    store.mark_queued(&key).await.unwrap();
+    assert!(matches!(
+        store.reserve(&key, "f1", TaskId::generate()).await.unwrap(),
+        Reservation::Existing { queued: true, .. }
+    ));
+    store.release(&key).await.unwrap();
+    assert_eq!(
+        store.reserve(&key, "f1", TaskId::generate()).await.unwrap(),
+        Reservation::New,
+        "a released key is free again"
+    );
+}
