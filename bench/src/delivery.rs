@@ -1,6 +1,7 @@
-//! Delivery throughput: the production worker (`worker::build`: SQS and SES v2 adapters, the
-//! send-rate limiter, the SDK's retries) run as `instances` Lambda instances, each fed batches
-//! from the local SQS by the local event source, sending through the bench's SES endpoint.
+//! Delivery throughput: the production worker (`worker::build`: SQS, SES v2 and DynamoDB
+//! adapters, the send-rate limiter, leases and settlements) run as `instances` Lambda instances,
+//! each fed batches from the local SQS by the local event source, sending through the bench's
+//! SES endpoint.
 
 use crate::ses_endpoint::{SesBehaviour, SesEndpoint};
 use anyhow::{Context, bail};
@@ -9,16 +10,13 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_runtime::LambdaEvent;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use newsletter::TaskId;
-use newsletter::fakes::MemoryStore;
-use newsletter::message::{Delivery, Message, Recipient};
-use newsletter::planning::chunk;
-use newsletter::queue::MessageQueue;
-use newsletter::queue::SqsQueue;
-use newsletter::tasks::{PageCounts, TaskStore};
-use newsletter::work::Worker;
-use std::sync::Arc;
+use newsletter::dynamo::DynamoStore;
+use newsletter::message::{Delivery, Job, Message, Recipient};
+use newsletter::planning::{PagePlan, chunk};
+use newsletter::queue::{MessageQueue, SqsQueue};
+use newsletter::tasks::{PlanStore, TaskStore};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use worker::ses::{SesContactList, SesMailer};
+use worker::{SesFunction, WorkerEvent, WorkerResponse};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -55,6 +53,7 @@ pub struct Stack<'a> {
     pub ses: &'a SesEndpoint,
     pub aws: &'a aws_config::SdkConfig,
     pub queue_url: &'a str,
+    pub dead_letter_queue_url: &'a str,
     pub settings: &'a local_stack::Settings,
 }
 
@@ -76,27 +75,22 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         max_in_flight: scenario.max_in_flight,
         configuration_set_name: None,
         table_name: stack.settings.table_name.clone(),
-        max_receive_count: stack.settings.max_receive_count,
+        dead_letter_queue_url: stack.dead_letter_queue_url.to_owned(),
+        function_timeout: FUNCTION_TIMEOUT,
     };
-    // Claims and settlements in memory, shared by the instances as the table would be: moto's
-    // DynamoDB (Python, a table copy per transaction) would be the bottleneck, not the worker.
-    let store = Arc::new(MemoryStore::default());
-    let workers: Vec<_> = (0..scenario.instances)
-        .map(|_| {
-            let worker = worker::build_with_store(&config, stack.aws, store.clone());
-            Instance(worker, config.max_receive_count)
-        })
-        .collect();
+    let instances = (0..scenario.instances)
+        .map(|_| Ok(Instance(worker::build(&config, stack.aws)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let expected = crate::events::recipients(scenario.recipients)?;
     // A task planned with exactly these recipients, as the accept function and the planner
-    // leave it, so that every claim and settlement is the production path.
+    // leave it, so that every lease and settlement is the production path.
     let task_id = TaskId::generate();
-    let store = workers[0].0.store();
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(stack.aws), &config.table_name);
     store.create(task_id).await?;
-    let counts = PageCounts::only_page(expected.len() as u64);
-    store.record_page(task_id, counts).await?;
-    let deliveries = deliveries(task_id, &expected)?;
-    workers[0].0.queue().send_all(&deliveries).await?;
+    let deliveries = deliveries(&store, task_id, &expected, config.chunk_size()?).await?;
+    SqsQueue::new(aws_sdk_sqs::Client::new(stack.aws), stack.queue_url)
+        .send_all(&deliveries)
+        .await?;
     stack.ses.take_received();
     stack.ses.take_throttled();
 
@@ -108,7 +102,7 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         wait_time_seconds: 0,
     };
     let started = Instant::now();
-    let instances = workers.iter().map(|worker| async {
+    let instances = instances.iter().map(|worker| async {
         let source = SqsEventSource::new(sqs.clone(), stack.queue_url, trigger.clone()).await?;
         // Stop once nothing is left, visible or in flight (moto's counts are exact).
         loop {
@@ -161,47 +155,52 @@ async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> anyhow::R
     Ok(attributes.values().all(|count| count == "0"))
 }
 
-/// Delivery messages for `recipients`, chunked as the planner chunks them.
-fn deliveries(task_id: TaskId, recipients: &[Recipient]) -> anyhow::Result<Vec<Message>> {
-    let newsletter = crate::events::newsletter()?;
+/// Delivery messages for `recipients`, chunked and recorded as the planner does it.
+async fn deliveries(
+    store: &DynamoStore,
+    task_id: TaskId,
+    recipients: &[Recipient],
+    chunk_size: usize,
+) -> anyhow::Result<Vec<Message>> {
+    let job = Job {
+        task_id,
+        newsletter: crate::events::newsletter()?,
+        cursor: None,
+    };
     let template = Delivery {
         task_id,
         chunk_id: String::new(),
         attempt: 0,
-        newsletter,
+        newsletter: job.newsletter.clone(),
         recipients: Vec::new(),
     };
-    let chunks = chunk(recipients.to_vec(), &template);
+    let chunks = chunk(recipients.to_vec(), &template, chunk_size);
     if chunks.is_empty() {
         bail!("no recipients to deliver to");
     }
-    Ok(chunks
-        .into_iter()
-        .enumerate()
-        .map(|(index, recipients)| {
-            Message::Delivery(Delivery {
-                chunk_id: format!("p0-c{index}"),
-                recipients,
-                ..template.clone()
-            })
-        })
-        .collect())
+    let plan = PagePlan {
+        chunks,
+        contacts: recipients.len() as u64,
+        ..PagePlan::default()
+    };
+    let plan = store.record_page(task_id, plan).await?;
+    Ok(plan.messages(&job))
 }
 
 /// One worker instance, invoked in-process as the Lambda runtime would invoke it.
-/// One worker instance and the queue's `maxReceiveCount`.
-struct Instance(
-    Worker<SqsQueue, SesContactList, SesMailer, Arc<MemoryStore>>,
-    u32,
-);
+struct Instance(SesFunction);
 
 impl Invoke for Instance {
     async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
         let mut context = lambda_runtime::Context::default();
         let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + FUNCTION_TIMEOUT;
         context.deadline = deadline.as_millis() as u64;
-        worker::handle(&self.0, self.1, LambdaEvent::new(event, context))
+        match worker::handle(&self.0, LambdaEvent::new(WorkerEvent::Batch(event), context))
             .await
-            .map_err(|err| anyhow::anyhow!("{err}"))
+            .map_err(|err| anyhow::anyhow!("{err}"))?
+        {
+            WorkerResponse::Batch(response) => Ok(response),
+            WorkerResponse::Sweep(_) => bail!("a batch was answered as a sweep"),
+        }
     }
 }

@@ -121,7 +121,11 @@ async fn run(options: &Options) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    let queues = (accept_queue_url.as_str(), stack.queue_url.as_str());
+    let queues = (
+        accept_queue_url.as_str(),
+        stack.queue_url.as_str(),
+        stack.dead_letter_queue_url.as_str(),
+    );
     if options.runs("cold-start") {
         rows.extend(cold_starts(options, &paths, (&moto, &aws), queues, &settings).await?);
         rows.extend(artifacts::rng_first_use(options.smoke).await?);
@@ -134,7 +138,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         }
     }
     if options.runs("delivery") {
-        rows.extend(throughput(options, &moto, &stack.queue_url, &settings).await?);
+        rows.extend(throughput(options, &moto, &stack, &settings).await?);
     }
     if options.runs("size") {
         rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
@@ -201,7 +205,7 @@ async fn cold_starts(
     options: &Options,
     paths: &Paths,
     (moto, aws): (&local_stack::MotoServer, &aws_config::SdkConfig),
-    (accept_queue_url, worker_queue_url): (&str, &str),
+    (accept_queue_url, worker_queue_url, dead_letter_queue_url): (&str, &str, &str),
     settings: &local_stack::Settings,
 ) -> anyhow::Result<Vec<Row>> {
     let (accept_plan, worker_plan, recipients) = if options.smoke {
@@ -243,6 +247,7 @@ async fn cold_starts(
                 settings.contact_list_name.clone(),
             ),
             ("FROM_ADDRESS".into(), settings.from_address.clone()),
+            ("DEAD_LETTER_QUEUE_URL".into(), dead_letter_queue_url.to_owned()),
             // One instance at a rate that does not hold the sends back: the figure is the
             // worker's own cost.
             ("MAX_SEND_RATE".into(), "1000".into()),
@@ -381,7 +386,7 @@ fn accept_rows(name: &str, accept: &ColdStart, floor: &ColdStart) -> Vec<Row> {
 async fn throughput(
     options: &Options,
     moto: &local_stack::MotoServer,
-    queue_url: &str,
+    queues: &local_stack::Provisioned,
     settings: &local_stack::Settings,
 ) -> anyhow::Result<Vec<Row>> {
     let ses = |latency_ms, max_send_rate| SesBehaviour {
@@ -414,7 +419,8 @@ async fn throughput(
         let stack = delivery::Stack {
             ses: &endpoint,
             aws: &aws,
-            queue_url,
+            queue_url: &queues.queue_url,
+            dead_letter_queue_url: &queues.dead_letter_queue_url,
             settings,
         };
         let result = delivery::run(&stack, &scenario).await?;

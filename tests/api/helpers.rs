@@ -13,7 +13,7 @@ use newsletter::dynamo::DynamoStore;
 use newsletter::queue::SqsQueue;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use worker::{Config, SesWorker};
+use worker::{Config, SesFunction, WorkerEvent, WorkerResponse};
 
 pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
@@ -45,7 +45,8 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
     let config = Config {
         queue_url: stack.queue_url.clone(),
         table_name: settings.table_name.clone(),
-        max_receive_count: settings.max_receive_count,
+        dead_letter_queue_url: stack.dead_letter_queue_url.clone(),
+        function_timeout: Duration::from_secs(60),
         contact_list_name: settings.contact_list_name.clone(),
         from_address: settings.from_address.clone(),
         max_send_rate: 1000.0,
@@ -54,8 +55,7 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
         configuration_set_name: None,
     };
     let worker = InProcessWorker {
-        worker: worker::build(&config, &aws),
-        max_receive_count: config.max_receive_count,
+        function: worker::build(&config, &aws).expect("the worker's configuration is valid"),
         events: Mutex::default(),
     };
     TestApp {
@@ -72,8 +72,7 @@ pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> Te
 
 /// The worker handler called in-process, as the Lambda runtime would, recording every batch.
 pub struct InProcessWorker {
-    pub worker: SesWorker,
-    max_receive_count: u32,
+    pub function: SesFunction,
     pub events: Mutex<Vec<(SqsEvent, SqsBatchResponse)>>,
 }
 
@@ -82,19 +81,34 @@ impl Invoke for InProcessWorker {
         let mut context = Context::default();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
-        let response = worker::handle(
-            &self.worker,
-            self.max_receive_count,
-            LambdaEvent::new(event.clone(), context),
+        let answer = worker::handle(
+            &self.function,
+            LambdaEvent::new(WorkerEvent::Batch(event.clone()), context),
         )
         .await
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let WorkerResponse::Batch(response) = answer else {
+            anyhow::bail!("a batch was answered as a sweep")
+        };
         self.events.lock().unwrap().push((event, response.clone()));
         Ok(response)
     }
 }
 
 impl InProcessWorker {
+    /// Runs the schedule's sweep of the dead-letter queue, as the template's schedule does.
+    pub async fn sweep_dead_letters(&self) -> serde_json::Value {
+        let sweep: WorkerEvent =
+            serde_json::from_str(r#"{"sweep": "dead-letters"}"#).expect("the schedule's event");
+        let mut context = Context::default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
+        context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
+        let answer = worker::handle(&self.function, LambdaEvent::new(sweep, context))
+            .await
+            .expect("the sweep runs");
+        serde_json::to_value(answer).expect("a JSON answer")
+    }
+
     /// Every message body the worker was handed, in order.
     pub fn bodies(&self) -> Vec<String> {
         let events = self.events.lock().unwrap();
