@@ -1,4 +1,5 @@
-//! Integration tests: the functions' real handlers against a real local AWS server (moto).
+//! Integration tests: the functions' real handlers against real local AWS servers (moto for SQS
+//! and SES, DynamoDB Local for DynamoDB).
 
 mod accept;
 mod events;
