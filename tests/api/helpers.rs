@@ -1,5 +1,6 @@
-//! One way to stand the system up for a test: a moto server of its own on a free port,
-//! provisioned as `template.yaml` would be, and the handlers built as their `main`s build them.
+//! One way to stand the system up for a test: a moto server of its own on a free port (SQS, SES),
+//! a table of its own in the DynamoDB Local the test process shares, provisioned as
+//! `template.yaml` would be, and the handlers built as their `main`s build them.
 
 use ::accept::App;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -8,7 +9,7 @@ use lambda_http::{Body, Request, RequestExt, Response, http};
 use lambda_runtime::{Context, LambdaEvent};
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::outbox::SentEmail;
-use local_stack::{MotoServer, Provisioned, Settings};
+use local_stack::{Endpoints, MotoServer, Provisioned, Settings};
 use newsletter::dynamo::DynamoStore;
 use newsletter::queue::SqsQueue;
 use std::sync::Mutex;
@@ -22,8 +23,10 @@ pub struct TestApp {
     pub accept: App<SqsQueue, DynamoStore>,
     pub store: DynamoStore,
     pub worker: InProcessWorker,
+    /// moto's (SES's record of sent mail).
     endpoint: String,
     // Last, so the server outlives the clients that talk to it; dropping it stops the process.
+    // (DynamoDB Local is the process's, and outlives every test.)
     _moto: MotoServer,
 }
 
@@ -31,11 +34,18 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Settings::default(), &[]).await
 }
 
-/// `moto_env` sets the local SES's fault injection (see `dev/moto_server.py`).
-pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
+/// `moto_env` sets the local SES's fault injection (see `dev/moto_server.py`). The table name gets
+/// a suffix that makes it unique among the test process's apps (`app.settings` has it).
+pub async fn spawn_app_with(mut settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
+    settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
+    let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
     let moto = MotoServer::start_with_env(0, moto_env).expect("local AWS server starts");
     let endpoint = moto.endpoint();
-    let aws = local_stack::sdk_config(&endpoint).await;
+    let aws = local_stack::sdk_config(&Endpoints {
+        aws: endpoint.clone(),
+        dynamodb,
+    })
+    .await;
     let stack = local_stack::provision(&aws, &settings)
         .await
         .expect("local AWS is provisioned");
@@ -101,7 +111,9 @@ impl InProcessWorker {
         let sweep: WorkerEvent =
             serde_json::from_str(r#"{"sweep": "dead-letters"}"#).expect("the schedule's event");
         let mut context = Context::default();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970");
         context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
         let answer = worker::handle(&self.function, LambdaEvent::new(sweep, context))
             .await

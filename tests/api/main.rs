@@ -1,7 +1,9 @@
-//! Integration tests: the functions' real handlers against a real local AWS server (moto).
+//! Integration tests: the functions' real handlers against real local AWS servers (moto for SQS
+//! and SES, DynamoDB Local for DynamoDB).
 
 mod accept;
 mod events;
 mod helpers;
 mod status;
+mod store_contract;
 mod worker;

@@ -228,7 +228,16 @@ async fn a_poison_job_reaches_the_dlq_and_its_task_says_which_part_failed() {
     .await;
 
     app.run_worker_until_something_is_dead_lettered().await;
+    let (_, task) = status(&app, &task_id).await;
+    assert_eq!(
+        task["status"], "accepted",
+        "its last receive did not say so"
+    );
 
+    // The template's schedule sweeps the dead-letter queue: the task is told, the message stays.
+    let sweep = app.worker.sweep_dead_letters().await;
+    assert_eq!(sweep, json!({"seen": 1, "accounted": 1, "deferred": 0}));
+    assert_eq!(app.dead_letter_depth().await, 1, "left for a redrive");
     let (_, task) = status(&app, &task_id).await;
     assert_eq!(task["status"], "completed_with_errors");
     assert_eq!(task["failures"][0]["part"], "unreadable message");

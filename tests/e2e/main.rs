@@ -3,7 +3,7 @@
 
 use local_stack::event_source::Trigger;
 use local_stack::outbox::SentEmail;
-use local_stack::stack::{LocalStack, StackOptions};
+use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
 use std::future::Future;
@@ -15,10 +15,13 @@ async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
     let settings = Settings {
         audience: Audience::load(&root.join("dev/subscribers.json")).expect("demo subscribers"),
         visibility_timeout,
+        // The tests' stacks share one DynamoDB Local.
+        table_name: local_stack::dynamodb_local::unique_table_name("newsletter-tasks"),
         ..Settings::default()
     };
     let options = StackOptions {
         aws_port: 0,
+        dynamodb: DynamoDb::Shared,
         lambda_port: 0,
         settings,
         max_send_rate: 100.0,

@@ -1,6 +1,8 @@
-//! The system on one machine: a local AWS server (moto), provisioned the way `template.yaml`
-//! provisions the cloud, for `make dev` and for the integration tests.
+//! The system on one machine: local AWS servers (moto for SQS and SES, AWS's DynamoDB Local for
+//! DynamoDB), provisioned the way `template.yaml` provisions the cloud, for `make dev`, the
+//! integration tests and the bench.
 
+pub mod dynamodb_local;
 pub mod event_source;
 pub mod functions;
 pub mod log_events;
@@ -10,29 +12,83 @@ pub mod provision;
 pub mod stack;
 pub mod subscribers;
 
+pub use dynamodb_local::DynamoDbLocal;
 pub use moto::MotoServer;
 pub use provision::{Provisioned, Settings, provision};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 
 /// The region everything local lives in.
 pub const REGION: &str = "us-east-1";
 
-/// SDK configuration for a local AWS endpoint, with dummy credentials (moto accepts any).
-pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "local"))
-        .load()
-        .await
+/// Where local AWS listens: DynamoDB at DynamoDB Local, every other service (SQS, SES) at moto.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// moto's endpoint (or a stand-in in front of it, such as the bench's SES endpoint).
+    pub aws: String,
+    /// DynamoDB Local's endpoint.
+    pub dynamodb: String,
 }
 
-/// The environment variables that point an AWS SDK at a local endpoint, as a child process needs
-/// them (`AWS_ENDPOINT_URL` is honoured by every SDK client aws-config builds).
-pub fn sdk_environment(endpoint: &str) -> Vec<(&'static str, String)> {
+/// SDK configuration for local AWS, with dummy credentials: every client built from it goes to
+/// `endpoints.aws`, except DynamoDB clients, which go to `endpoints.dynamodb`.
+pub async fn sdk_config(endpoints: &Endpoints) -> aws_config::SdkConfig {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(credentials())
+        .load()
+        .await;
+    // A client takes its endpoint from the config's service-config source before the shared one,
+    // unless the shared one was set on the loader: then it wins for every service, DynamoDB too.
+    // So it is set on the loaded config instead, and the source `load` set up (the environment:
+    // `AWS_ENDPOINT_URL_<SERVICE>`, profiles) is replaced by one that gives each service its
+    // endpoint: in-process clients go where `endpoints` says, whatever the environment holds.
+    config
+        .into_builder()
+        .endpoint_url(&endpoints.aws)
+        .service_config(ServiceEndpoints(endpoints.clone()))
+        .build()
+}
+
+/// A DynamoDB client for DynamoDB Local at `endpoint`, with dummy credentials, without loading a
+/// whole SDK configuration.
+pub fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(credentials())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Dummy credentials: moto and DynamoDB Local accept any.
+fn credentials() -> Credentials {
+    Credentials::new("testing", "testing", None, None, "local")
+}
+
+/// Each service's endpoint URL, as `AWS_ENDPOINT_URL_<SERVICE>` would give it.
+#[derive(Debug)]
+struct ServiceEndpoints(Endpoints);
+
+impl LoadServiceConfig for ServiceEndpoints {
+    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+        match (key.profile(), key.service_id()) {
+            ("endpoint_url", "DynamoDB") => Some(self.0.dynamodb.clone()),
+            ("endpoint_url", _) => Some(self.0.aws.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The environment variables that point an AWS SDK at local AWS, as a child process needs them:
+/// `AWS_ENDPOINT_URL` for every client aws-config builds, and `AWS_ENDPOINT_URL_DYNAMODB`, which
+/// takes precedence for DynamoDB clients.
+pub fn sdk_environment(endpoints: &Endpoints) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ENDPOINT_URL", endpoints.aws.clone()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb.clone()),
         ("AWS_REGION", REGION.to_owned()),
         ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),

@@ -3,12 +3,14 @@
 
 use anyhow::Context;
 use local_stack::event_source::Trigger;
-use local_stack::stack::{LocalStack, StackOptions};
+use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
 use std::sync::Arc;
 
 const DEFAULT_AWS_PORT: u16 = 4566;
+/// DynamoDB Local's own default port.
+const DEFAULT_DYNAMODB_PORT: u16 = 8000;
 const DEFAULT_LAMBDA_PORT: u16 = 9000;
 
 #[tokio::main(flavor = "current_thread")]
@@ -35,8 +37,13 @@ async fn dev() -> anyhow::Result<()> {
     let subscribers = std::env::var("SUBSCRIBERS_FILE")
         .map(Into::into)
         .unwrap_or_else(|_| root.join("dev/subscribers.json"));
+    let dynamodb_port = port("LOCAL_DYNAMODB_PORT", DEFAULT_DYNAMODB_PORT)?;
     let options = StackOptions {
         aws_port: port("LOCAL_AWS_PORT", DEFAULT_AWS_PORT)?,
+        dynamodb: DynamoDb::Own {
+            port: dynamodb_port,
+            log_path: root.join(".dev/dynamodb-local.log"),
+        },
         lambda_port: port("LAMBDA_PORT", DEFAULT_LAMBDA_PORT)?,
         settings: Settings {
             audience: Audience::load(&subscribers)?,
@@ -48,9 +55,10 @@ async fn dev() -> anyhow::Result<()> {
         reload_on_change: true,
         log_path: root.join(".dev/functions.log"),
     };
+    // DynamoDB Local cannot bind one address: it listens on every interface of its port.
     println!(
-        "Starting local AWS on 127.0.0.1:{} and both functions under cargo lambda watch on 127.0.0.1:{} \
-         (the first start compiles them)...",
+        "Starting local AWS (moto for SQS and SES on 127.0.0.1:{}, DynamoDB Local on port {dynamodb_port}) \
+         and both functions under cargo lambda watch on 127.0.0.1:{} (the first start compiles them)...",
         options.aws_port, options.lambda_port
     );
     // Ctrl-C during the start (which may compile for minutes) stops what has started so far.
@@ -64,11 +72,14 @@ async fn dev() -> anyhow::Result<()> {
          \nPOST newsletters to {url}\n\
          \n  curl -i -X POST {url} -H 'content-type: application/json' -d @events/newsletter.json\n\
          \nIts status: curl -i {url}/<task_id> (the task_id of the 202; its Location is the path behind API Gateway). Add -H 'Idempotency-Key: <key>' to make a POST safe to retry.\n\
+         \nTasks table '{}' on DynamoDB Local at {}.\n\
          \nEmails sent: make outbox (or make outbox TASK=<task id>). Function logs: .dev/functions.log.\n\
          Locally there is no IAM authentication in front of accept. Ctrl-C stops everything.\n",
         stack.settings.audience.subscribers.len(),
         subscribers.display(),
         stack.settings.contact_list_name,
+        stack.settings.table_name,
+        stack.endpoints().dynamodb,
     );
     tokio::select! {
         result = stack.run_trigger() => result?,

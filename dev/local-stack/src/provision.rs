@@ -1,5 +1,6 @@
 //! Creates locally what `template.yaml` creates in AWS: the jobs queue with its dead-letter queue
-//! and redrive policy, the SES sender identity, and the contact list with its topics.
+//! and redrive policy, the SES sender identity, the contact list with its topics (on moto), and
+//! the tasks table (on DynamoDB Local).
 
 use crate::subscribers::Audience;
 use anyhow::Context;
@@ -45,6 +46,7 @@ pub struct Provisioned {
     pub dead_letter_queue_url: String,
 }
 
+/// `config` must point DynamoDB at DynamoDB Local ([`crate::sdk_config`] does).
 pub async fn provision(
     config: &aws_config::SdkConfig,
     settings: &Settings,
@@ -106,7 +108,7 @@ pub async fn provision(
         .seed(&ses, &settings.contact_list_name)
         .await?;
 
-    create_table(config, &settings.table_name).await?;
+    create_tasks_table(&aws_sdk_dynamodb::Client::new(config), &settings.table_name).await?;
 
     Ok(Provisioned {
         queue_url,
@@ -115,8 +117,10 @@ pub async fn provision(
 }
 
 /// The tasks table as the template defines it: string key `pk`, on demand, TTL on `expires_at`.
-async fn create_table(config: &aws_config::SdkConfig, name: &str) -> anyhow::Result<()> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+pub async fn create_tasks_table(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> anyhow::Result<()> {
     dynamodb
         .create_table()
         .table_name(name)
@@ -135,7 +139,7 @@ async fn create_table(config: &aws_config::SdkConfig, name: &str) -> anyhow::Res
         )
         .send()
         .await
-        .context("creating the tasks table")?;
+        .with_context(|| format!("creating the tasks table {name}"))?;
     dynamodb
         .update_time_to_live()
         .table_name(name)

@@ -1,16 +1,29 @@
-//! The whole system on one machine: local AWS provisioned as the template provisions AWS, both
-//! functions under `cargo lambda watch` with the template's environment, and the SQS trigger.
+//! The whole system on one machine: local AWS (moto, DynamoDB Local) provisioned as the template
+//! provisions AWS, both functions under `cargo lambda watch` with the template's environment, and
+//! the SQS trigger.
 
 use crate::event_source::{HttpInvoker, SqsEventSource, Trigger};
 use crate::functions::{CargoLambdaWatch, EventSink};
-use crate::{MotoServer, Provisioned, Settings};
+use crate::{DynamoDbLocal, Endpoints, MotoServer, Provisioned, Settings};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Which DynamoDB Local serves the stack's table.
+#[derive(Debug, Clone)]
+pub enum DynamoDb {
+    /// One of the stack's own on `port` (0: any free port), stopped with the stack.
+    Own { port: u16, log_path: PathBuf },
+    /// The one this process shares ([`crate::dynamodb_local::shared_endpoint`]): the settings'
+    /// table name must be unique in the process.
+    Shared,
+}
+
 #[derive(Clone)]
 pub struct StackOptions {
-    /// Port of the local AWS server (0: any free port).
+    /// Port of the local AWS server, moto (0: any free port).
     pub aws_port: u16,
+    /// Where DynamoDB is served.
+    pub dynamodb: DynamoDb,
     /// Port of `cargo lambda watch` (0: any free port).
     pub lambda_port: u16,
     pub settings: Settings,
@@ -27,18 +40,32 @@ pub struct LocalStack {
     pub provisioned: Provisioned,
     pub sqs: aws_sdk_sqs::Client,
     trigger: Trigger,
-    // Dropped in this order: the functions first, then the AWS server they talk to.
+    endpoints: Endpoints,
+    // Dropped in this order: the functions first, then the AWS servers they talk to.
     functions: CargoLambdaWatch,
     moto: MotoServer,
+    _dynamodb: Option<DynamoDbLocal>,
 }
 
 impl LocalStack {
     pub async fn start(options: StackOptions, events: EventSink) -> anyhow::Result<Self> {
+        let (dynamodb, dynamodb_endpoint) = match &options.dynamodb {
+            DynamoDb::Own { port, log_path } => {
+                let server = DynamoDbLocal::start(*port, log_path)?;
+                let endpoint = server.endpoint();
+                (Some(server), endpoint)
+            }
+            DynamoDb::Shared => (None, crate::dynamodb_local::shared_endpoint()?),
+        };
         let moto = MotoServer::start(resolve(options.aws_port)?)?;
-        let aws = crate::sdk_config(&moto.endpoint()).await;
+        let endpoints = Endpoints {
+            aws: moto.endpoint(),
+            dynamodb: dynamodb_endpoint,
+        };
+        let aws = crate::sdk_config(&endpoints).await;
         let provisioned = crate::provision(&aws, &options.settings).await?;
 
-        let mut env: Vec<(String, String)> = crate::sdk_environment(&moto.endpoint())
+        let mut env: Vec<(String, String)> = crate::sdk_environment(&endpoints)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
             .collect();
@@ -75,13 +102,20 @@ impl LocalStack {
             provisioned,
             sqs: aws_sdk_sqs::Client::new(&aws),
             trigger: options.trigger,
+            endpoints,
             functions,
             moto,
+            _dynamodb: dynamodb,
         })
     }
 
+    /// moto's endpoint (SQS, SES and its record of sent mail).
     pub fn aws_endpoint(&self) -> String {
         self.moto.endpoint()
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     /// Where to POST newsletters (the accept function's URL under `cargo lambda watch`).

@@ -595,10 +595,7 @@ async fn a_failed_enqueue_gives_the_key_back() {
 
 #[tokio::test]
 async fn a_store_outage_is_503_and_nothing_is_queued() {
-    let app = App::new(
-        RecordingQueue::default(),
-        MemoryStore::unreachable(),
-    );
+    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers[header::RETRY_AFTER], "5");

@@ -86,8 +86,7 @@ impl Budget {
 
     /// How long sends may still start for.
     pub fn sending_time(&self) -> Duration {
-        self.stop_starting
-            .saturating_duration_since(Instant::now())
+        self.stop_starting.saturating_duration_since(Instant::now())
     }
 }
 
@@ -109,7 +108,12 @@ where
             Err(err) if tries < STORE_ATTEMPTS && Instant::now() + backoff * 2 < until => {
                 tracing::warn!(error = %err, tries, "store write failed; retrying");
                 // Jitter keeps instances that conflicted on one item from retrying in step.
-                let jitter = f64::from(SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos()) % 1000) / 1000.0;
+                let jitter = f64::from(
+                    SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |t| t.subsec_nanos())
+                        % 1000,
+                ) / 1000.0;
                 tokio::time::sleep(backoff.mul_f64(1.0 + jitter)).await;
                 backoff *= 2;
             }
@@ -302,8 +306,7 @@ impl<M: Mailer> Sender<M> {
             }
             Lease::Held(progress) => progress,
         };
-        let mut pending: VecDeque<u16> =
-            (0..size as u16).filter(|p| progress.owes(*p)).collect();
+        let mut pending: VecDeque<u16> = (0..size as u16).filter(|p| progress.owes(*p)).collect();
         let mut report = DeliveryReport {
             already_settled: size - pending.len(),
             ..DeliveryReport::default()

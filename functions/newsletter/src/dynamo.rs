@@ -17,9 +17,9 @@ use crate::domain::{EmailAddress, TaskId, Topic};
 use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
-    TaskStore, epoch_millis, epoch_seconds,
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
+    PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus, TaskStore,
+    epoch_millis, epoch_seconds,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -494,7 +494,6 @@ impl IdempotencyStore for DynamoStore {
     }
 }
 
-
 impl PlanStore for DynamoStore {
     async fn page_state(&self, task_id: TaskId, page: u32) -> Result<PageState, StoreError> {
         let Some(marker) = self.read(page_key(task_id, page)).await? else {
@@ -534,9 +533,12 @@ impl PlanStore for DynamoStore {
                     Some(PutItemError::ConditionalCheckFailedException(_))
                 ) =>
             {
-                let item = self.read(plan_key(task_id, plan.page)).await?.ok_or_else(|| {
-                    StoreError(format!("the plan of page {} vanished", plan.page))
-                })?;
+                let item = self
+                    .read(plan_key(task_id, plan.page))
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError(format!("the plan of page {} vanished", plan.page))
+                    })?;
                 decode_plan(plan.page, text(&item, "plan").unwrap_or_default())?
             }
             Err(err) => return Err(store_error(err)),
@@ -699,7 +701,9 @@ impl DynamoStore {
                     Some(UpdateItemError::ConditionalCheckFailedException(_))
                 ) =>
             {
-                Err(StoreError(format!("the lease on chunk {chunk_id} was lost")))
+                Err(StoreError(format!(
+                    "the lease on chunk {chunk_id} was lost"
+                )))
             }
             Err(err) => Err(store_error(err)),
         }
@@ -775,8 +779,14 @@ impl ChunkStore for DynamoStore {
         holder: &Holder,
         settled: &Settled,
     ) -> Result<(), StoreError> {
-        self.settle(task_id, chunk_id, holder, settled, "REMOVE holder, lease_until")
-            .await
+        self.settle(
+            task_id,
+            chunk_id,
+            holder,
+            settled,
+            "REMOVE holder, lease_until",
+        )
+        .await
     }
 
     async fn close(
@@ -851,7 +861,9 @@ impl ChunkStore for DynamoStore {
                 if closed {
                     Ok(())
                 } else {
-                    Err(StoreError(format!("the lease on chunk {chunk_id} was lost")))
+                    Err(StoreError(format!(
+                        "the lease on chunk {chunk_id} was lost"
+                    )))
                 }
             }
             Err(TransactError::Conditions(_)) => Err(StoreError(format!(
@@ -922,14 +934,8 @@ impl ChunkStore for DynamoStore {
             )
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#part", failure.part)
-            .expression_attribute_values(
-                ":sent",
-                n(totals.0 as i64 - progress.counted.0 as i64),
-            )
-            .expression_attribute_values(
-                ":failed",
-                n(totals.1 as i64 - progress.counted.1 as i64),
-            )
+            .expression_attribute_values(":sent", n(totals.0 as i64 - progress.counted.0 as i64))
+            .expression_attribute_values(":failed", n(totals.1 as i64 - progress.counted.1 as i64))
             .expression_attribute_values(":error", s(failure.error))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .build()

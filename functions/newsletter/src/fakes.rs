@@ -9,18 +9,17 @@ use crate::directory::{ContactDirectory, ContactPage, DirectoryError};
 use crate::domain::TaskId;
 use crate::domain::{EmailAddress, Topic};
 use crate::message::Message;
+use crate::planning::PagePlan;
 use crate::queue::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
 use crate::render::RenderedEmail;
-use crate::planning::PagePlan;
 use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
-    TaskStore,
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
+    PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus, TaskStore,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// A fault a fake injects into one call.
@@ -118,7 +117,10 @@ impl DeadLetterQueue for MemoryDeadLetters {
     async fn put_back(&self, receipts: &[String]) -> Result<(), QueueError> {
         let mut messages = self.messages.lock().unwrap();
         for receipt in receipts {
-            if let Some((_, hidden)) = receipt.parse().ok().and_then(|i: usize| messages.get_mut(i))
+            if let Some((_, hidden)) = receipt
+                .parse()
+                .ok()
+                .and_then(|i: usize| messages.get_mut(i))
             {
                 *hidden = false;
             }
@@ -660,7 +662,12 @@ impl<S> FaultyStore<S> {
     }
 
     fn fault(&self, operation: &'static str) -> Option<Fault> {
-        let fault = self.faults.lock().unwrap().get_mut(operation)?.pop_front()?;
+        let fault = self
+            .faults
+            .lock()
+            .unwrap()
+            .get_mut(operation)?
+            .pop_front()?;
         *self.injected.lock().unwrap().entry(operation).or_default() += 1;
         Some(fault)
     }
@@ -677,7 +684,9 @@ impl<S> FaultyStore<S> {
             ))),
             Some(Fault::LoseAnswer) => {
                 call.await?;
-                Err(StoreError(format!("{operation}: timed out; the write may have been applied")))
+                Err(StoreError(format!(
+                    "{operation}: timed out; the write may have been applied"
+                )))
             }
         }
     }
@@ -699,7 +708,9 @@ impl<S: TaskStore> TaskStore for FaultyStore<S> {
         failure: PartFailure,
         stops_planning_at: Option<u32>,
     ) -> Result<(), StoreError> {
-        self.inner.record_failure(task_id, failure, stops_planning_at).await
+        self.inner
+            .record_failure(task_id, failure, stops_planning_at)
+            .await
     }
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
         self.inner.finish(task_id, status).await
@@ -715,8 +726,11 @@ impl<S: PlanStore> PlanStore for FaultyStore<S> {
             .await
     }
     async fn mark_page_enqueued(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
-        self.faulty("mark_page_enqueued", self.inner.mark_page_enqueued(task_id, page))
-            .await
+        self.faulty(
+            "mark_page_enqueued",
+            self.inner.mark_page_enqueued(task_id, page),
+        )
+        .await
     }
 }
 
@@ -738,8 +752,11 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
         holder: &Holder,
         settled: &Settled,
     ) -> Result<(), StoreError> {
-        self.faulty("record", self.inner.record(task_id, chunk_id, holder, settled))
-            .await
+        self.faulty(
+            "record",
+            self.inner.record(task_id, chunk_id, holder, settled),
+        )
+        .await
     }
     async fn release_lease(
         &self,
@@ -764,7 +781,8 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
     ) -> Result<(), StoreError> {
         self.faulty(
             "close",
-            self.inner.close(task_id, chunk_id, holder, settled, progress),
+            self.inner
+                .close(task_id, chunk_id, holder, settled, progress),
         )
         .await
     }
@@ -775,7 +793,9 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
         size: usize,
         failure: PartFailure,
     ) -> Result<Accounting, StoreError> {
-        self.inner.fail_unsettled(task_id, chunk_id, size, failure).await
+        self.inner
+            .fail_unsettled(task_id, chunk_id, size, failure)
+            .await
     }
 }
 

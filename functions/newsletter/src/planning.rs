@@ -206,7 +206,10 @@ mod tests {
         let plan = plan_page(&job, &audience(&job), contacts(200), Some("t4".into()), 50);
 
         assert_eq!(plan.page, 3);
-        assert_eq!((plan.contacts, plan.recipients(), plan.skipped), (200, 180, 20));
+        assert_eq!(
+            (plan.contacts, plan.recipients(), plan.skipped),
+            (200, 180, 20)
+        );
         let messages = plan.messages(&job);
         let deliveries: Vec<&Delivery> = messages
             .iter()
@@ -248,7 +251,12 @@ mod tests {
         let sizes: Vec<usize> = plan.chunks.iter().map(Vec::len).collect();
         assert_eq!(sizes, [26, 26, 26, 12]);
         let capped = plan_page(&job, &audience(&job), contacts(100), None, 500);
-        assert!(capped.chunks.iter().all(|c| c.len() <= MAX_RECIPIENTS_PER_DELIVERY));
+        assert!(
+            capped
+                .chunks
+                .iter()
+                .all(|c| c.len() <= MAX_RECIPIENTS_PER_DELIVERY)
+        );
     }
 
     #[test]

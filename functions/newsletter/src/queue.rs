@@ -33,8 +33,7 @@ pub trait DeadLetterQueue: Send + Sync {
         hidden_for: Duration,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
     /// Makes received messages visible again at once.
-    fn put_back(&self, receipts: &[String])
-    -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn put_back(&self, receipts: &[String]) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// The queue did not confirm it stored the message: unreachable, throttled, or access denied.

@@ -121,7 +121,8 @@ where
                 Message::Job(_) => 0,
                 Message::Delivery(delivery) => delivery.recipients.len(),
             };
-            let first_delivery = sends > 0 && !taken.iter().any(|(_, m)| matches!(m, Message::Delivery(_)));
+            let first_delivery =
+                sends > 0 && !taken.iter().any(|(_, m)| matches!(m, Message::Delivery(_)));
             if sends <= capacity || first_delivery {
                 capacity = capacity.saturating_sub(sends);
                 taken.push((position, message));
@@ -144,7 +145,10 @@ where
         }
         for (position, message) in taken {
             let span = tracing::info_span!("task", task_id = %message.task_id());
-            let result = self.process(&message, &budget, &holder).instrument(span.clone()).await;
+            let result = self
+                .process(&message, &budget, &holder)
+                .instrument(span.clone())
+                .await;
             if let Err(err) = result {
                 span.in_scope(|| {
                     tracing::error!(message_id = records[position].message_id, error = %err, "message failed");
@@ -400,7 +404,9 @@ where
                 Message::Job(job) => match self.store.page_state(task_id, job.page()).await? {
                     PageState::Enqueued => {}
                     // It was counted: finish queueing its messages rather than failing them.
-                    PageState::Planned(plan) => return self.enqueue_page(job, &plan).await.map(|()| true),
+                    PageState::Planned(plan) => {
+                        return self.enqueue_page(job, &plan).await.map(|()| true);
+                    }
                     PageState::Unplanned => {
                         let failure = PartFailure {
                             part: PartFailure::planning_part(job.page()),

@@ -126,7 +126,12 @@ mod tests {
     #[test]
     fn a_rate_split_that_cannot_send_one_email_an_invocation_is_refused_naming_the_parameters() {
         let err = config(1.0, 1000, 60).chunk_size().unwrap_err().to_string();
-        for name in ["MAX_SEND_RATE", "MAX_CONCURRENCY", "FUNCTION_TIMEOUT", "WorkerMaxConcurrency"] {
+        for name in [
+            "MAX_SEND_RATE",
+            "MAX_CONCURRENCY",
+            "FUNCTION_TIMEOUT",
+            "WorkerMaxConcurrency",
+        ] {
             assert!(err.contains(name), "{err}");
         }
     }

@@ -36,7 +36,10 @@ pub struct Function<Q, D, M, S, L> {
 pub type SesFunction = Function<SqsQueue, SesContactList, SesMailer, DynamoStore, SqsQueue>;
 
 /// Builds the worker's clients once, at init. Makes no network call.
-pub fn build(config: &Config, aws: &SdkConfig) -> Result<SesFunction, newsletter::config::ConfigError> {
+pub fn build(
+    config: &Config,
+    aws: &SdkConfig,
+) -> Result<SesFunction, newsletter::config::ConfigError> {
     // The contact-list APIs have low per-account request rates: when several plans run at once,
     // back off and retry inside the SDK rather than fail the job message. Planning comes first
     // in an invocation, so these calls may take longer than the store's and the sends'.

@@ -45,7 +45,10 @@ fn function_with(mailer: RecordingMailer, store: MemoryStore) -> TestFunction {
 
 fn function() -> (TestFunction, MemoryStore) {
     let store = MemoryStore::default();
-    (function_with(RecordingMailer::default(), store.clone()), store)
+    (
+        function_with(RecordingMailer::default(), store.clone()),
+        store,
+    )
 }
 
 /// A delivery message to `email` for a recorded, fully planned task.
@@ -145,7 +148,9 @@ async fn a_record_without_a_body_is_poison() {
 async fn an_all_good_batch_reports_nothing() {
     let (function, store) = function();
     let (task_id, body) = delivery_to(&store, "a@example.com").await;
-    let answer = handle(&function, event(vec![record(Some("1"), &body)])).await.unwrap();
+    let answer = handle(&function, event(vec![record(Some("1"), &body)]))
+        .await
+        .unwrap();
     let json = serde_json::to_value(&answer).unwrap();
     assert_eq!(json, json!({"batchItemFailures": []}));
     let task = store.get(task_id).await.unwrap().unwrap();
@@ -164,7 +169,11 @@ async fn a_message_that_keeps_failing_is_reported_until_the_sweep_accounts_it() 
 
     for _ in 0..5 {
         let response = batch(&function, vec![record(Some("m"), &body)]).await;
-        assert_eq!(reported(&response), ["m"], "reported, so SQS retries it and then dead-letters it");
+        assert_eq!(
+            reported(&response),
+            ["m"],
+            "reported, so SQS retries it and then dead-letters it"
+        );
     }
     let task = store.get(task_id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Sending, "not yet accounted");
@@ -172,7 +181,9 @@ async fn a_message_that_keeps_failing_is_reported_until_the_sweep_accounts_it() 
     // The schedule's event, as the template sends it, sweeps the dead-letter queue.
     function.dead_letters = MemoryDeadLetters::holding([body]);
     let sweep: WorkerEvent = serde_json::from_str(r#"{"sweep": "dead-letters"}"#).unwrap();
-    let answer = handle(&function, LambdaEvent::new(sweep, context())).await.unwrap();
+    let answer = handle(&function, LambdaEvent::new(sweep, context()))
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::to_value(&answer).unwrap(),
         json!({"seen": 1, "accounted": 1, "deferred": 0})
@@ -185,7 +196,11 @@ async fn a_message_that_keeps_failing_is_reported_until_the_sweep_accounts_it() 
 #[test]
 fn the_events_are_told_apart() {
     let sqs: WorkerEvent = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-job.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/sqs-job.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert!(matches!(sqs, WorkerEvent::Batch(batch) if batch.records.len() == 1));
@@ -200,7 +215,11 @@ fn the_events_are_told_apart() {
 #[tokio::test]
 async fn a_failure_that_cannot_be_named_fails_the_whole_batch() {
     let (function, _) = function();
-    assert!(handle(&function, event(vec![record(None, "poison")])).await.is_err());
+    assert!(
+        handle(&function, event(vec![record(None, "poison")]))
+            .await
+            .is_err()
+    );
 }
 
 #[test]
@@ -212,7 +231,9 @@ fn the_invocation_deadline_comes_from_the_context_or_falls_back_to_the_timeout()
     let deadline = invocation_deadline(deadline_ms, limit);
     assert!(deadline.duration_since(in_a_minute).unwrap_or_default() < Duration::from_millis(1));
     // cargo lambda watch sends 600000 (a duration): the template's timeout is assumed instead.
-    let fallback = invocation_deadline(600_000, limit).duration_since(now).unwrap();
+    let fallback = invocation_deadline(600_000, limit)
+        .duration_since(now)
+        .unwrap();
     assert!(
         fallback >= Duration::from_secs(59) && fallback <= Duration::from_secs(61),
         "{fallback:?}"

@@ -15,7 +15,8 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
-type TestWorker<S = MemoryStore, M = RecordingMailer> = Worker<RecordingQueue, PagedDirectory, M, S>;
+type TestWorker<S = MemoryStore, M = RecordingMailer> =
+    Worker<RecordingQueue, PagedDirectory, M, S>;
 
 const FAST: SendPolicy = SendPolicy {
     emails_per_second: 100_000.0,
@@ -83,8 +84,18 @@ where
     Worker::new(queue, directory, Sender::new(mailer, policy), store, 50)
 }
 
-fn worker_with(directory: PagedDirectory, mailer: RecordingMailer, policy: SendPolicy) -> TestWorker {
-    worker_of(RecordingQueue::default(), directory, mailer, policy, MemoryStore::default())
+fn worker_with(
+    directory: PagedDirectory,
+    mailer: RecordingMailer,
+    policy: SendPolicy,
+) -> TestWorker {
+    worker_of(
+        RecordingQueue::default(),
+        directory,
+        mailer,
+        policy,
+        MemoryStore::default(),
+    )
 }
 
 fn worker(directory: PagedDirectory, mailer: RecordingMailer) -> TestWorker {
@@ -198,12 +209,19 @@ async fn planning_pages_through_the_list_one_page_per_message() {
 
     process(&worker, &job).await.unwrap();
     let first = worker.queue.take();
-    assert_eq!(first.len(), 2, "one delivery and the job for the next page: {first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "one delivery and the job for the next page: {first:?}"
+    );
     let Message::Job(next) = &first[1] else {
         panic!("expected a continuation")
     };
     assert_eq!(next.page(), 1);
-    assert_eq!(task(&worker, job.task_id()).await.status, TaskStatus::Planning);
+    assert_eq!(
+        task(&worker, job.task_id()).await.status,
+        TaskStatus::Planning
+    );
 
     run_to_completion(&worker, first[1].clone()).await;
     run_to_completion(&worker, first[0].clone()).await;
@@ -268,7 +286,11 @@ async fn each_subscriber_gets_one_email_with_exactly_their_sections_and_the_task
 
     let done = task(&worker, job.task_id()).await;
     assert_eq!(done.recipients, counts(126, 123, 2, 1));
-    assert_eq!(done.status, TaskStatus::CompletedWithErrors, "the invalid address failed");
+    assert_eq!(
+        done.status,
+        TaskStatus::CompletedWithErrors,
+        "the invalid address failed"
+    );
 }
 
 #[tokio::test]
@@ -318,12 +340,33 @@ fn three_pages() -> PagedDirectory {
 async fn a_job_retried_after_each_of_its_steps_gives_one_planning_chain() {
     // Each step of planning page 0 fails once (before or after taking effect), then the job is
     // retried, as SQS would redeliver it; then everything queued is run, duplicates included.
-    let steps: [(&str, RecordingQueue, Vec<(&'static str, Vec<Fault>)>); 5] = [
-        ("counting fails", RecordingQueue::default(), vec![("record_page", vec![Fault::Fail])]),
-        ("counted, answer lost", RecordingQueue::default(), vec![("record_page", vec![Fault::LoseAnswer])]),
-        ("queueing fails", RecordingQueue::failing_next([Fault::Fail]), vec![]),
-        ("queued, answer lost", RecordingQueue::failing_next([Fault::LoseAnswer]), vec![]),
-        ("queued, marking fails", RecordingQueue::default(), vec![("mark_page_enqueued", vec![Fault::Fail])]),
+    type StoreFaults = Vec<(&'static str, Vec<Fault>)>;
+    let steps: [(&str, RecordingQueue, StoreFaults); 5] = [
+        (
+            "counting fails",
+            RecordingQueue::default(),
+            vec![("record_page", vec![Fault::Fail])],
+        ),
+        (
+            "counted, answer lost",
+            RecordingQueue::default(),
+            vec![("record_page", vec![Fault::LoseAnswer])],
+        ),
+        (
+            "queueing fails",
+            RecordingQueue::failing_next([Fault::Fail]),
+            vec![],
+        ),
+        (
+            "queued, answer lost",
+            RecordingQueue::failing_next([Fault::LoseAnswer]),
+            vec![],
+        ),
+        (
+            "queued, marking fails",
+            RecordingQueue::default(),
+            vec![("mark_page_enqueued", vec![Fault::Fail])],
+        ),
     ];
     for (step, queue, faults) in steps {
         let worker = worker_of(
@@ -334,7 +377,10 @@ async fn a_job_retried_after_each_of_its_steps_gives_one_planning_chain() {
             FaultyStore::new(MemoryStore::default(), faults),
         );
         let job = job(&worker, &["rust"]).await;
-        assert!(process(&worker, &job).await.is_err(), "{step}: the fault is seen");
+        assert!(
+            process(&worker, &job).await.is_err(),
+            "{step}: the fault is seen"
+        );
         process(&worker, &job).await.unwrap();
 
         let mut pending = worker.queue.take();
@@ -379,9 +425,16 @@ async fn a_retried_page_uses_its_stored_plan_when_the_list_has_changed() {
         contact("c@x.io", &[]),
         contact("d@x.io", &[]),
     ]]);
-    let worker = Worker { directory: changed, ..worker };
+    let worker = Worker {
+        directory: changed,
+        ..worker
+    };
     run_to_completion(&worker, job.clone()).await;
-    assert_eq!(sent_to(&worker), ["a@x.io", "b@x.io"], "the plan that was counted");
+    assert_eq!(
+        sent_to(&worker),
+        ["a@x.io", "b@x.io"],
+        "the plan that was counted"
+    );
     let done = task(&worker, job.task_id()).await;
     assert_eq!(done.recipients, counts(2, 2, 0, 0));
     assert_eq!(done.status, TaskStatus::Completed);
@@ -390,13 +443,25 @@ async fn a_retried_page_uses_its_stored_plan_when_the_list_has_changed() {
 #[tokio::test]
 async fn only_recipients_with_retryable_failures_are_sent_again() {
     let mailer = RecordingMailer::failing([
-        ("flaky@x.io".to_string(), SendError::Transient("timeout".into())),
-        ("bounced@x.io".to_string(), SendError::Permanent("MessageRejected".into())),
+        (
+            "flaky@x.io".to_string(),
+            SendError::Transient("timeout".into()),
+        ),
+        (
+            "bounced@x.io".to_string(),
+            SendError::Permanent("MessageRejected".into()),
+        ),
     ]);
     let worker = worker(directory(vec![]), mailer);
-    let original = delivery(&worker, &["ok1@x.io", "flaky@x.io", "bounced@x.io", "ok2@x.io"]).await;
+    let original = delivery(
+        &worker,
+        &["ok1@x.io", "flaky@x.io", "bounced@x.io", "ok2@x.io"],
+    )
+    .await;
 
-    process(&worker, &Message::Delivery(original.clone())).await.unwrap();
+    process(&worker, &Message::Delivery(original.clone()))
+        .await
+        .unwrap();
 
     assert_eq!(sent_to(&worker), ["ok1@x.io", "ok2@x.io"]);
     let retried = worker.queue.take();
@@ -404,11 +469,18 @@ async fn only_recipients_with_retryable_failures_are_sent_again() {
         panic!("expected the chunk handed back: {retried:?}")
     };
     assert_eq!(retry.attempt, 1);
-    assert_eq!((retry.task_id, &retry.chunk_id), (original.task_id, &original.chunk_id));
+    assert_eq!(
+        (retry.task_id, &retry.chunk_id),
+        (original.task_id, &original.chunk_id)
+    );
     let progress = worker.store.chunk(original.task_id, "p0-c0").unwrap();
     assert_eq!(progress.sent.len() + progress.rejected.len(), 3);
     assert!(progress.owes(1), "flaky is owed");
-    assert_eq!(task(&worker, original.task_id).await.recipients.sent, 0, "counted when the chunk closes");
+    assert_eq!(
+        task(&worker, original.task_id).await.recipients.sent,
+        0,
+        "counted when the chunk closes"
+    );
 
     // The retry's lease is free at once (the first invocation gave it up), and it sends to
     // flaky alone; flaky fails again, and that attempt makes no progress: SQS retries it later.
@@ -424,24 +496,45 @@ async fn throttled_sends_slow_down_and_go_out_in_the_same_invocation() {
         emails_per_second: 1_000.0,
         max_in_flight: 4,
     };
-    let worker = worker_with(directory(vec![]), RecordingMailer::answering_first(throttling), policy);
+    let worker = worker_with(
+        directory(vec![]),
+        RecordingMailer::answering_first(throttling),
+        policy,
+    );
     let chunk = Message::Delivery(delivery(&worker, &["a@x.io", "b@x.io", "c@x.io"]).await);
 
     process(&worker, &chunk).await.unwrap();
 
-    assert_eq!(sent_to(&worker), ["a@x.io", "b@x.io", "c@x.io"], "each once");
+    assert_eq!(
+        sent_to(&worker),
+        ["a@x.io", "b@x.io", "c@x.io"],
+        "each once"
+    );
     let mailer = worker.sender.mailer();
     assert_eq!(mailer.attempts.load(Ordering::SeqCst), 8);
-    assert!(worker.queue.take().is_empty(), "nobody owed, nothing handed back");
-    assert!(worker.sender.current_rate() < 1_000.0, "the rate was cut: {}", worker.sender.current_rate());
+    assert!(
+        worker.queue.take().is_empty(),
+        "nobody owed, nothing handed back"
+    );
+    assert!(
+        worker.sender.current_rate() < 1_000.0,
+        "the rate was cut: {}",
+        worker.sender.current_rate()
+    );
     let done = task(&worker, chunk.task_id()).await;
-    assert_eq!((done.recipients.sent, done.status), (3, TaskStatus::Completed));
+    assert_eq!(
+        (done.recipients.sent, done.status),
+        (3, TaskStatus::Completed)
+    );
 }
 
 #[tokio::test]
 async fn a_transient_failure_is_retried_a_few_times_before_the_recipient_is_left() {
     let timeouts = |n| (0..n).map(|_| SendError::Transient("timeout".into()));
-    let recovers = worker(directory(vec![]), RecordingMailer::answering_first(timeouts(2)));
+    let recovers = worker(
+        directory(vec![]),
+        RecordingMailer::answering_first(timeouts(2)),
+    );
     let chunk = Message::Delivery(delivery(&recovers, &["a@x.io"]).await);
     process(&recovers, &chunk).await.unwrap();
     assert_eq!(sent_to(&recovers), ["a@x.io"], "sent on the third try");
@@ -451,7 +544,11 @@ async fn a_transient_failure_is_retried_a_few_times_before_the_recipient_is_left
         max_in_flight: 1,
         ..FAST
     };
-    let persists = worker_with(directory(vec![]), RecordingMailer::answering_first(timeouts(3)), one_at_a_time);
+    let persists = worker_with(
+        directory(vec![]),
+        RecordingMailer::answering_first(timeouts(3)),
+        one_at_a_time,
+    );
     let chunk = Message::Delivery(delivery(&persists, &["a@x.io", "b@x.io"]).await);
     process(&persists, &chunk).await.unwrap();
     assert_eq!(persists.sender.mailer().attempts.load(Ordering::SeqCst), 4);
@@ -462,7 +559,10 @@ async fn a_transient_failure_is_retried_a_few_times_before_the_recipient_is_left
 #[tokio::test]
 async fn a_redelivered_message_sends_only_to_those_not_yet_sent() {
     // SES fails for one recipient and the hand-back is lost, so SQS redelivers the original.
-    let mailer = RecordingMailer::failing([("flaky@x.io".to_string(), SendError::Transient("timeout".into()))]);
+    let mailer = RecordingMailer::failing([(
+        "flaky@x.io".to_string(),
+        SendError::Transient("timeout".into()),
+    )]);
     let worker = worker_of(
         RecordingQueue {
             fail: true,
@@ -475,12 +575,18 @@ async fn a_redelivered_message_sends_only_to_those_not_yet_sent() {
     );
     let original = Message::Delivery(delivery(&worker, &["a@x.io", "flaky@x.io", "b@x.io"]).await);
 
-    assert!(matches!(process(&worker, &original).await, Err(WorkError::Queue(_))));
+    assert!(matches!(
+        process(&worker, &original).await,
+        Err(WorkError::Queue(_))
+    ));
     assert_eq!(sent_to(&worker), ["a@x.io", "b@x.io"]);
 
     worker.sender.mailer().sent.lock().unwrap().clear();
     let _ = process(&worker, &original).await;
-    assert!(sent_to(&worker).is_empty(), "a and b are not sent again; flaky still fails");
+    assert!(
+        sent_to(&worker).is_empty(),
+        "a and b are not sent again; flaky still fails"
+    );
 }
 
 #[tokio::test]
@@ -492,23 +598,37 @@ async fn a_chunk_held_by_a_live_invocation_is_left_alone_and_a_lapsed_lease_is_t
         lapses: in_a_minute(),
     };
     worker.store.hold(chunk.task_id, "p0-c0", alive);
-    process(&worker, &Message::Delivery(chunk.clone())).await.unwrap();
-    assert!(sent_to(&worker).is_empty(), "a duplicate of a message being worked on sends nothing");
-    assert!(worker.queue.take().is_empty(), "and is dropped: the holder's own message will be retried if it dies");
+    process(&worker, &Message::Delivery(chunk.clone()))
+        .await
+        .unwrap();
+    assert!(
+        sent_to(&worker).is_empty(),
+        "a duplicate of a message being worked on sends nothing"
+    );
+    assert!(
+        worker.queue.take().is_empty(),
+        "and is dropped: the holder's own message will be retried if it dies"
+    );
 
     let dead = Holder {
         token: "dead".into(),
         lapses: SystemTime::now() - Duration::from_secs(1),
     };
     worker.store.hold(chunk.task_id, "p0-c0", dead);
-    process(&worker, &Message::Delivery(chunk.clone())).await.unwrap();
+    process(&worker, &Message::Delivery(chunk.clone()))
+        .await
+        .unwrap();
     assert_eq!(sent_to(&worker), ["a@x.io", "b@x.io"]);
-    assert_eq!(task(&worker, chunk.task_id).await.status, TaskStatus::Completed);
+    assert_eq!(
+        task(&worker, chunk.task_id).await.status,
+        TaskStatus::Completed
+    );
 }
 
 #[tokio::test]
 async fn a_chunk_nobody_could_be_sent_to_fails_as_a_whole() {
-    let mailer = RecordingMailer::failing([("a@x.io".to_string(), SendError::Transient("timeout".into()))]);
+    let mailer =
+        RecordingMailer::failing([("a@x.io".to_string(), SendError::Transient("timeout".into()))]);
     let worker = worker(directory(vec![]), mailer);
     let chunk = Message::Delivery(delivery(&worker, &["a@x.io"]).await);
     let result = process(&worker, &chunk).await;
@@ -522,7 +642,10 @@ async fn a_delivery_for_a_task_without_a_record_is_not_sent() {
     let mut chunk = delivery(&worker, &["a@x.io"]).await;
     chunk.task_id = TaskId::generate();
     let result = process(&worker, &Message::Delivery(chunk)).await;
-    assert!(matches!(result, Err(WorkError::UnknownTask(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(WorkError::UnknownTask(_))),
+        "{result:?}"
+    );
     assert!(sent_to(&worker).is_empty());
 }
 
@@ -552,7 +675,10 @@ async fn nothing_starts_that_cannot_finish_before_the_deadline_and_the_rest_is_h
     let took = started.elapsed();
 
     assert!(failed.is_empty(), "running out of time is not a failure");
-    assert!(took <= Duration::from_secs(9), "done before the deadline, with its margin: {took:?}");
+    assert!(
+        took <= Duration::from_secs(9),
+        "done before the deadline, with its margin: {took:?}"
+    );
     let sent = sent_to(&worker).len();
     assert!((55..=61).contains(&sent), "sent {sent}");
     let handed_back = worker.queue.take();
@@ -565,7 +691,10 @@ async fn nothing_starts_that_cannot_finish_before_the_deadline_and_the_rest_is_h
     all_sent.dedup();
     assert_eq!(all_sent.len(), 80, "everyone once");
     assert_eq!(worker.sender.mailer().recipients().len(), 80);
-    assert_eq!(task(&worker, chunk.task_id()).await.status, TaskStatus::Completed);
+    assert_eq!(
+        task(&worker, chunk.task_id()).await.status,
+        TaskStatus::Completed
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -595,8 +724,16 @@ async fn records_that_do_not_fit_the_invocation_are_handed_back_at_once() {
     assert!(failed.is_empty());
     assert_eq!(sent_to(&worker).len(), 30, "the first chunk, whole");
     let handed_back = worker.queue.take();
-    assert_eq!(handed_back.len(), 2, "the other two, before the first was sent");
-    assert!(handed_back.iter().all(|m| matches!(m, Message::Delivery(d) if d.attempt == 0)));
+    assert_eq!(
+        handed_back.len(),
+        2,
+        "the other two, before the first was sent"
+    );
+    assert!(
+        handed_back
+            .iter()
+            .all(|m| matches!(m, Message::Delivery(d) if d.attempt == 0))
+    );
 }
 
 /// A mailer that checks the crash window on every send: of the emails it has accepted, all but
@@ -609,10 +746,18 @@ struct WindowCheckingMailer {
 }
 
 impl Mailer for WindowCheckingMailer {
-    async fn send(&self, _: &EmailAddress, _: &RenderedEmail, _: Option<&Topic>) -> Result<(), SendError> {
+    async fn send(
+        &self,
+        _: &EmailAddress,
+        _: &RenderedEmail,
+        _: Option<&Topic>,
+    ) -> Result<(), SendError> {
         tokio::task::yield_now().await;
         let accepted = self.accepted.fetch_add(1, Ordering::SeqCst) + 1;
-        let recorded = self.store.chunk(self.task_id, "p0-c0").map_or(0, |p| p.sent.len());
+        let recorded = self
+            .store
+            .chunk(self.task_id, "p0-c0")
+            .map_or(0, |p| p.sent.len());
         self.worst.fetch_max(accepted - recorded, Ordering::SeqCst);
         Ok(())
     }
@@ -643,23 +788,58 @@ async fn at_any_instant_at_most_the_sends_in_flight_and_one_group_are_unrecorded
         accepted: AtomicUsize::new(0),
         worst: AtomicUsize::new(0),
     };
-    let worker = worker_of(RecordingQueue::default(), directory(vec![]), mailer, policy, store.clone());
-    process(&worker, &Message::Delivery(chunk.clone())).await.unwrap();
+    let worker = worker_of(
+        RecordingQueue::default(),
+        directory(vec![]),
+        mailer,
+        policy,
+        store.clone(),
+    );
+    process(&worker, &Message::Delivery(chunk.clone()))
+        .await
+        .unwrap();
     let mailer = worker.sender.mailer();
     assert_eq!(mailer.accepted.load(Ordering::SeqCst), 50);
     let worst = mailer.worst.load(Ordering::SeqCst);
-    assert!(worst <= 6 + SETTLE_GROUP, "unrecorded sends reached {worst}");
-    assert_eq!(store.get(chunk.task_id).await.unwrap().unwrap().recipients.sent, 50);
+    assert!(
+        worst <= 6 + SETTLE_GROUP,
+        "unrecorded sends reached {worst}"
+    );
+    assert_eq!(
+        store
+            .get(chunk.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients
+            .sent,
+        50
+    );
 }
 
 #[tokio::test]
 async fn store_faults_in_the_middle_of_a_chunk_send_nobody_twice_and_leave_no_lease() {
     let faults = [
-        ("a conflict on a record", vec![("record", vec![Fault::Fail, Fault::Fail])]),
-        ("a record applied, its answer lost", vec![("record", vec![Fault::LoseAnswer])]),
-        ("a conflict on the close", vec![("close", vec![Fault::Fail])]),
-        ("the close applied, its answer lost", vec![("close", vec![Fault::LoseAnswer])]),
-        ("the lease applied, its answer lost", vec![("lease", vec![Fault::LoseAnswer])]),
+        (
+            "a conflict on a record",
+            vec![("record", vec![Fault::Fail, Fault::Fail])],
+        ),
+        (
+            "a record applied, its answer lost",
+            vec![("record", vec![Fault::LoseAnswer])],
+        ),
+        (
+            "a conflict on the close",
+            vec![("close", vec![Fault::Fail])],
+        ),
+        (
+            "the close applied, its answer lost",
+            vec![("close", vec![Fault::LoseAnswer])],
+        ),
+        (
+            "the lease applied, its answer lost",
+            vec![("lease", vec![Fault::LoseAnswer])],
+        ),
     ];
     for (fault, faults) in faults {
         let worker = worker_of(
@@ -672,12 +852,28 @@ async fn store_faults_in_the_middle_of_a_chunk_send_nobody_twice_and_leave_no_le
         let all = emails(30);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let chunk = delivery(&worker, &all).await;
-        process(&worker, &Message::Delivery(chunk.clone())).await.unwrap();
-        assert!(worker.store.injected.lock().unwrap().values().sum::<usize>() > 0, "{fault}: injected");
+        process(&worker, &Message::Delivery(chunk.clone()))
+            .await
+            .unwrap();
+        assert!(
+            worker
+                .store
+                .injected
+                .lock()
+                .unwrap()
+                .values()
+                .sum::<usize>()
+                > 0,
+            "{fault}: injected"
+        );
         let mut sent = sent_to(&worker);
         sent.dedup();
         assert_eq!(sent.len(), 30, "{fault}");
-        assert_eq!(worker.sender.mailer().recipients().len(), 30, "{fault}: nobody twice");
+        assert_eq!(
+            worker.sender.mailer().recipients().len(),
+            30,
+            "{fault}: nobody twice"
+        );
         let done = task(&worker, chunk.task_id).await;
         assert_eq!(done.recipients, counts(30, 30, 0, 0), "{fault}");
         assert_eq!(done.status, TaskStatus::Completed, "{fault}");
@@ -700,7 +896,10 @@ async fn a_store_that_keeps_failing_stops_the_chunk_within_the_window() {
         },
         FaultyStore::new(
             MemoryStore::default(),
-            [("record", vec![Fault::Fail; 5]), ("release", vec![Fault::Fail; 5])],
+            [
+                ("record", vec![Fault::Fail; 5]),
+                ("release", vec![Fault::Fail; 5]),
+            ],
         ),
     );
     let all = emails(50);
@@ -708,16 +907,25 @@ async fn a_store_that_keeps_failing_stops_the_chunk_within_the_window() {
     let chunk = delivery(&worker, &all).await;
     let result = process(&worker, &Message::Delivery(chunk.clone())).await;
     assert!(matches!(result, Err(WorkError::Store(_))), "{result:?}");
-    assert_eq!(worker.store.injected.lock().unwrap()["record"], 5, "one record write, retried");
+    assert_eq!(
+        worker.store.injected.lock().unwrap()["record"],
+        5,
+        "one record write, retried"
+    );
     let unrecorded = sent_to(&worker).len();
-    assert!(unrecorded <= 4 + SETTLE_GROUP, "{unrecorded} sent before stopping");
+    assert!(
+        unrecorded <= 4 + SETTLE_GROUP,
+        "{unrecorded} sent before stopping"
+    );
 
     let lapsed = Holder {
         token: "the dead invocation".into(),
         lapses: SystemTime::now() - Duration::from_secs(1),
     };
     worker.store.inner.hold(chunk.task_id, "p0-c0", lapsed);
-    process(&worker, &Message::Delivery(chunk.clone())).await.unwrap();
+    process(&worker, &Message::Delivery(chunk.clone()))
+        .await
+        .unwrap();
     let total = worker.sender.mailer().recipients().len();
     assert_eq!(total, 50 + unrecorded, "only the unrecorded ones twice");
     assert_eq!(task(&worker, chunk.task_id).await.recipients.sent, 50);
@@ -725,7 +933,10 @@ async fn a_store_that_keeps_failing_stops_the_chunk_within_the_window() {
 
 #[tokio::test]
 async fn a_dead_lettered_delivery_is_accounted_once_and_left_for_a_redrive() {
-    let mailer = RecordingMailer::failing([("down@x.io".to_string(), SendError::Transient("SES is down".into()))]);
+    let mailer = RecordingMailer::failing([(
+        "down@x.io".to_string(),
+        SendError::Transient("SES is down".into()),
+    )]);
     let worker = worker(directory(vec![]), mailer);
     let chunk = Message::Delivery(delivery(&worker, &["ok@x.io", "down@x.io", "late@x.io"]).await);
     // Its retries ran out (SES down, kills or timeouts: the sweep cannot tell, and need not).
@@ -812,7 +1023,10 @@ async fn a_dead_lettered_job_stops_planning_or_finishes_queueing_what_it_counted
     let queued = worker.queue.take();
     assert_eq!(queued.len(), 1, "the counted page's delivery");
     run_to_completion(&worker, queued[0].clone()).await;
-    assert_eq!(task(&worker, job.task_id()).await.status, TaskStatus::Completed);
+    assert_eq!(
+        task(&worker, job.task_id()).await.status,
+        TaskStatus::Completed
+    );
 }
 
 #[tokio::test]
@@ -820,7 +1034,8 @@ async fn an_unreadable_dead_letter_is_recorded_on_its_task() {
     let worker = worker(directory(vec![]), RecordingMailer::default());
     let task_id = TaskId::generate();
     worker.store.create(task_id).await.unwrap();
-    let body = format!(r#"{{"version": 1, "kind": "job", "task_id": "{task_id}", "newsletter": "oops"}}"#);
+    let body =
+        format!(r#"{{"version": 1, "kind": "job", "task_id": "{task_id}", "newsletter": "oops"}}"#);
     let dlq = MemoryDeadLetters::holding([body, "not even json".to_string()]);
     let report = worker.sweep_dead_letters(&dlq, in_a_minute()).await;
     assert_eq!((report.seen, report.accounted), (2, 2));
@@ -843,15 +1058,30 @@ async fn a_store_outage_fails_the_message() {
         newsletter: newsletter(&["rust"]),
         cursor: None,
     });
-    assert!(matches!(process(&worker, &job).await, Err(WorkError::Store(_))));
-    assert!(worker.queue.take().is_empty(), "nothing planned without its counts recorded");
+    assert!(matches!(
+        process(&worker, &job).await,
+        Err(WorkError::Store(_))
+    ));
+    assert!(
+        worker.queue.take().is_empty(),
+        "nothing planned without its counts recorded"
+    );
 }
 
 #[tokio::test]
 async fn poison_records_are_reported_alone_not_panics() {
-    let worker = worker(directory(vec![vec![contact("a@x.io", &[])]]), RecordingMailer::default());
+    let worker = worker(
+        directory(vec![vec![contact("a@x.io", &[])]]),
+        RecordingMailer::default(),
+    );
     let good = job(&worker, &["rust"]).await.encode();
-    let bodies = ["", "{}", r#"{"version": 9, "kind": "job"}"#, good.as_str(), r#"{"version": 1, "kind": "job"}"#];
+    let bodies = [
+        "",
+        "{}",
+        r#"{"version": 9, "kind": "job"}"#,
+        good.as_str(),
+        r#"{"version": 1, "kind": "job"}"#,
+    ];
     let records: Vec<QueueRecord> = bodies
         .iter()
         .map(|body| QueueRecord {
@@ -894,7 +1124,11 @@ async fn the_send_rate_is_held_to_the_policy() {
     let chunk = Message::Delivery(delivery(&worker, &all).await);
     let started = Instant::now();
     process(&worker, &chunk).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(1400), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(worker.sender.mailer().recipients().len(), 100);
 }
 
@@ -916,10 +1150,17 @@ fn the_budget_keeps_a_reserve_and_a_margin_before_the_deadline() {
     let (sending, send_timeout, reserve) = Budget::split(Duration::from_secs(60));
     assert_eq!(
         (sending, send_timeout, reserve),
-        (Duration::from_secs(53), Duration::from_secs(3), Duration::from_secs(3))
+        (
+            Duration::from_secs(53),
+            Duration::from_secs(3),
+            Duration::from_secs(3)
+        )
     );
     // A short deadline (a test's) scales the reserves down rather than leaving no time at all.
     let (sending, send_timeout, reserve) = Budget::split(Duration::from_secs(5));
-    assert_eq!(sending + send_timeout + reserve, Duration::from_millis(4500));
+    assert_eq!(
+        sending + send_timeout + reserve,
+        Duration::from_millis(4500)
+    );
     assert!(sending >= Duration::from_millis(2500));
 }
