@@ -37,15 +37,23 @@ impl HttpInvoker {
     }
 }
 
-impl Invoke for HttpInvoker {
-    async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
-        let response = self.client.post(&self.url).json(&event).send().await?;
+impl HttpInvoker {
+    /// Invokes the function with any JSON event and returns its answer.
+    pub async fn invoke_json(&self, event: &impl serde::Serialize) -> anyhow::Result<String> {
+        let response = self.client.post(&self.url).json(event).send().await?;
         let status = response.status();
         let body = response.text().await?;
         anyhow::ensure!(
             status.is_success(),
             "the function failed ({status}): {body}"
         );
+        Ok(body)
+    }
+}
+
+impl Invoke for HttpInvoker {
+    async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
+        let body = self.invoke_json(&event).await?;
         serde_json::from_str(&body)
             .with_context(|| format!("the function's answer is not a batch response: {body}"))
     }

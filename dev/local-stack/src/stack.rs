@@ -74,9 +74,10 @@ impl LocalStack {
                 ("QUEUE_URL", provisioned.queue_url.clone()),
                 ("TABLE_NAME", options.settings.table_name.clone()),
                 (
-                    "MAX_RECEIVE_COUNT",
-                    options.settings.max_receive_count.to_string(),
+                    "DEAD_LETTER_QUEUE_URL",
+                    provisioned.dead_letter_queue_url.clone(),
                 ),
+                ("FUNCTION_TIMEOUT", FUNCTION_TIMEOUT.as_secs().to_string()),
                 (
                     "CONTACT_LIST_NAME",
                     options.settings.contact_list_name.clone(),
@@ -126,7 +127,8 @@ impl LocalStack {
         )
     }
 
-    /// Feeds the worker from the jobs queue, as Lambda's SQS trigger does, until dropped.
+    /// Feeds the worker from the jobs queue, as Lambda's SQS trigger does, and sweeps the
+    /// dead-letter queue every [`SWEEP_INTERVAL`], as the template's schedule does, until dropped.
     pub async fn run_trigger(&self) -> anyhow::Result<()> {
         let source = SqsEventSource::new(
             self.sqs.clone(),
@@ -135,14 +137,34 @@ impl LocalStack {
         )
         .await?;
         let worker = HttpInvoker::new(self.functions.endpoint(), "worker");
-        loop {
-            if let Err(err) = source.poll(&worker).await {
-                eprintln!("SQS trigger: {err:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        let feed = async {
+            loop {
+                if let Err(err) = source.poll(&worker).await {
+                    eprintln!("SQS trigger: {err:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-        }
+        };
+        let sweep = async {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                let event = serde_json::json!({"sweep": "dead-letters"});
+                if let Err(err) = worker.invoke_json(&event).await {
+                    eprintln!("dead-letter sweep: {err:#}");
+                }
+            }
+        };
+        tokio::join!(feed, sweep);
+        Ok(())
     }
 }
+
+/// The worker's timeout, as `template.yaml` sets it (`Mappings.Constants.Worker.Timeout`).
+pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often `make dev` sweeps the dead-letter queue; the template's schedule does every 5
+/// minutes, which is long to wait for at a desk.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 fn resolve(port: u16) -> anyhow::Result<u16> {
     if port == 0 {
