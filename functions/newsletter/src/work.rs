@@ -143,6 +143,8 @@ where
                 }
             }
         }
+        // Jobs first: planning is short, and the chunks it queues can go to other instances.
+        taken.sort_by_key(|(_, message)| matches!(message, Message::Delivery(_)));
         for (position, message) in taken {
             let span = tracing::info_span!("task", task_id = %message.task_id());
             let result = self
@@ -368,6 +370,9 @@ where
                 let Some(salvaged) = Message::salvage(body) else {
                     return Ok(true); // nothing names a task: the DLQ alarm is all there is
                 };
+                if self.store.get(salvaged.task_id).await?.is_none() {
+                    return Ok(true);
+                }
                 let failure = PartFailure {
                     part: "unreadable message".into(),
                     error: WorkError::from(err).to_string(),
@@ -382,6 +387,10 @@ where
         let task_id = message.task_id();
         let span = tracing::info_span!("task", %task_id);
         async {
+            if self.store.get(task_id).await?.is_none() {
+                tracing::warn!("a dead letter names a task without a record; nothing to account");
+                return Ok(true);
+            }
             match &message {
                 Message::Delivery(delivery) => {
                     let failure = PartFailure {
