@@ -9,6 +9,7 @@ pub mod log_events;
 pub mod moto;
 pub mod outbox;
 pub mod provision;
+pub mod ses_endpoint;
 pub mod stack;
 pub mod subscribers;
 
