@@ -5,6 +5,7 @@
 pub mod dynamodb_local;
 pub mod event_source;
 pub mod functions;
+pub mod lambda_host;
 pub mod log_events;
 pub mod moto;
 pub mod outbox;
