@@ -9,7 +9,6 @@ mod delivery;
 mod events;
 mod function;
 mod report;
-mod runtime_api;
 mod stats;
 mod tls_proxy;
 
