@@ -3,12 +3,12 @@
 //! each fed batches from the local SQS by the local event source, sending through the bench's
 //! SES endpoint.
 
-use crate::ses_endpoint::{SesBehaviour, SesEndpoint};
 use anyhow::{Context, bail};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_runtime::LambdaEvent;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
+use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
 use newsletter::TaskId;
 use newsletter::dynamo::DynamoStore;
 use newsletter::message::{Delivery, Job, Message, Recipient};

@@ -9,8 +9,6 @@ mod delivery;
 mod events;
 mod function;
 mod report;
-mod runtime_api;
-mod ses_endpoint;
 mod stats;
 mod tls_proxy;
 
@@ -18,8 +16,8 @@ use anyhow::{Context, bail};
 use cold_start::{ColdStart, Plan};
 use delivery::Scenario;
 use function::FunctionSpec;
+use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
 use report::{Machine, Report, Row, Target};
-use ses_endpoint::{SesBehaviour, SesEndpoint};
 use stats::ms;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -6,7 +6,8 @@
 //! visibility timeout, so the queue's own redrive policy moves a poison message to the DLQ.
 
 use anyhow::Context;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::encodings::Base64Data;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
@@ -174,6 +175,7 @@ impl SqsEventSource {
                 .max_number_of_messages((self.trigger.batch_size - batch.len() as i32).min(10))
                 .wait_time_seconds(wait)
                 .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
                 .send()
                 .await?
                 .messages
@@ -200,6 +202,25 @@ impl SqsEventSource {
                 record.receipt_handle = message.receipt_handle.clone();
                 record.body = message.body.clone();
                 record.md5_of_body = message.md5_of_body.clone();
+                record.md5_of_message_attributes = message.md5_of_message_attributes.clone();
+                // As Lambda passes them: camelCase names, binary values base64 in the JSON.
+                record.message_attributes = message
+                    .message_attributes
+                    .iter()
+                    .flatten()
+                    .map(|(name, value)| {
+                        let mut attribute = SqsMessageAttribute::default();
+                        attribute.data_type = Some(value.data_type.clone());
+                        attribute.string_value = value.string_value.clone();
+                        attribute.binary_value = value.binary_value.as_ref().map(|blob| {
+                            // Non-exhaustive: built through its `DerefMut` to the bytes.
+                            let mut data = Base64Data::default();
+                            data.extend_from_slice(blob.as_ref());
+                            data
+                        });
+                        (name.clone(), attribute)
+                    })
+                    .collect();
                 record.attributes = message
                     .attributes
                     .iter()

@@ -5,10 +5,12 @@
 pub mod dynamodb_local;
 pub mod event_source;
 pub mod functions;
+pub mod lambda_host;
 pub mod log_events;
 pub mod moto;
 pub mod outbox;
 pub mod provision;
+pub mod ses_endpoint;
 pub mod stack;
 pub mod subscribers;
 

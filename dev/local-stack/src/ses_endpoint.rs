@@ -1,7 +1,8 @@
-//! An SES-compatible endpoint for throughput runs: SES v2 `SendEmail`
+//! An SES-compatible endpoint for throughput runs and delivery tests: SES v2 `SendEmail`
 //! (`POST /v2/email/outbound-emails`) answered after a set latency, with a max send rate enforced
 //! as SES does (HTTP 429 `TooManyRequestsException`, one second of burst). It counts every
-//! recipient it accepts, to find duplicates and losses. Any other request (the worker's SQS
+//! recipient it accepts, and when, to find duplicates and losses (also of emails sent after a
+//! given moment, such as a kill). Any other request (the worker's SQS, DynamoDB and contact-list
 //! calls) is passed on to the local AWS server, so one SDK endpoint serves the whole worker.
 
 use bytes::Bytes;
@@ -29,12 +30,57 @@ pub struct SesBehaviour {
 }
 
 /// What the endpoint saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Received {
     /// Accepted emails per recipient address.
     pub per_recipient: HashMap<String, u32>,
-    /// When the last email was accepted.
+    /// When the last accepted email was answered (after the latency).
     pub last_accepted: Option<Instant>,
+    /// Every accepted email, in the order accepted.
+    pub accepted: Vec<Accepted>,
+}
+
+/// One accepted email.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// When the endpoint accepted it (on arrival: its answer follows after the latency).
+    pub at: Instant,
+    pub recipients: Vec<String>,
+}
+
+impl Received {
+    /// Emails accepted in all.
+    pub fn total(&self) -> usize {
+        self.accepted.len()
+    }
+
+    /// Emails accepted at or after `instant`.
+    pub fn accepted_since(&self, instant: Instant) -> usize {
+        self.accepted
+            .iter()
+            .filter(|email| email.at >= instant)
+            .count()
+    }
+
+    /// Recipients who got more than one email, with how many.
+    pub fn duplicates(&self) -> Vec<(&str, u32)> {
+        let mut duplicates: Vec<(&str, u32)> = self
+            .per_recipient
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(recipient, count)| (recipient.as_str(), *count))
+            .collect();
+        duplicates.sort();
+        duplicates
+    }
+
+    /// Of `expected`, those who got nothing.
+    pub fn missing<'a>(&self, expected: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        expected
+            .into_iter()
+            .filter(|recipient| !self.per_recipient.contains_key(*recipient))
+            .collect()
+    }
 }
 
 struct State {
@@ -94,9 +140,38 @@ impl SesEndpoint {
         std::mem::take(&mut *lock(&self.state.received))
     }
 
+    /// What was received so far (a copy; counting goes on).
+    pub fn received(&self) -> Received {
+        lock(&self.state.received).clone()
+    }
+
+    /// Accepted emails per recipient so far.
+    pub fn per_recipient(&self) -> HashMap<String, u32> {
+        lock(&self.state.received).per_recipient.clone()
+    }
+
+    /// When each email was accepted, in order.
+    pub fn accepted_times(&self) -> Vec<Instant> {
+        lock(&self.state.received)
+            .accepted
+            .iter()
+            .map(|email| email.at)
+            .collect()
+    }
+
+    /// Emails accepted at or after `instant`.
+    pub fn accepted_since(&self, instant: Instant) -> usize {
+        lock(&self.state.received).accepted_since(instant)
+    }
+
     /// Throttling answers given so far, and starts counting afresh.
     pub fn take_throttled(&self) -> u64 {
         self.state.throttled.swap(0, Ordering::Relaxed)
+    }
+
+    /// Throttling answers given so far.
+    pub fn throttled(&self) -> u64 {
+        self.state.throttled.load(Ordering::Relaxed)
     }
 }
 
@@ -123,8 +198,32 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Result<Reply, h
 }
 
 async fn send_email(state: &State, body: &[u8]) -> Reply {
-    // SES decides on arrival, and answers after its latency either way.
+    // SES decides on arrival, and answers after its latency either way. An accepted email is
+    // counted on arrival too: a sender killed while waiting for the answer has still sent it.
+    let arrived = Instant::now();
     let admitted = take_token(state);
+    let request: Value = serde_json::from_slice(body).unwrap_or_default();
+    let recipients: Option<Vec<String>> =
+        request["Destination"]["ToAddresses"].as_array().map(|to| {
+            to.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        });
+    let message_id = match (&recipients, admitted) {
+        (Some(recipients), true) => {
+            let mut received = lock(&state.received);
+            for recipient in recipients {
+                *received.per_recipient.entry(recipient.clone()).or_default() += 1;
+            }
+            received.accepted.push(Accepted {
+                at: arrived,
+                recipients: recipients.clone(),
+            });
+            Some(format!("local-{}", received.accepted.len()))
+        }
+        _ => None,
+    };
     tokio::time::sleep(state.behaviour.latency).await;
     if !admitted {
         state.throttled.fetch_add(1, Ordering::Relaxed);
@@ -135,8 +234,7 @@ async fn send_email(state: &State, body: &[u8]) -> Reply {
             error.to_string().into(),
         );
     }
-    let request: Value = serde_json::from_slice(body).unwrap_or_default();
-    let Some(recipients) = request["Destination"]["ToAddresses"].as_array() else {
+    let Some(message_id) = message_id else {
         let error = json!({"message": "Missing Destination.ToAddresses"});
         return reply(
             StatusCode::BAD_REQUEST,
@@ -144,15 +242,8 @@ async fn send_email(state: &State, body: &[u8]) -> Reply {
             error.to_string().into(),
         );
     };
-    let mut received = lock(&state.received);
-    for recipient in recipients.iter().filter_map(Value::as_str) {
-        *received
-            .per_recipient
-            .entry(recipient.to_owned())
-            .or_default() += 1;
-    }
-    received.last_accepted = Some(Instant::now());
-    let message_id = format!("bench-{}", received.per_recipient.len());
+    // When the sender learns of it: what a throughput figure ends at.
+    lock(&state.received).last_accepted = Some(Instant::now());
     reply(
         StatusCode::OK,
         &[],
