@@ -23,8 +23,10 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The Lambda-host tests (tests/lambda_host) run the release worker bootstrap, as shipped: deadlines
+# and kills are measured on the code that runs on Lambda (its build is shared with `make bench`).
 unit-and-integration:
-	cargo test --workspace --locked
+	LAMBDA_HOST_PROFILE=release cargo test --workspace --locked
 
 template-checks:
 	$(VENV)/bin/python -m pytest tests/template -q

@@ -267,3 +267,17 @@ pub fn event_file(name: &str) -> String {
     let path = local_stack::repository_root().join("events").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
 }
+
+impl TestApp {
+    /// Moves every message of the dead-letter queue back to the jobs queue, as
+    /// `StartMessageMoveTask` does (moto does not implement it). Returns how many moved.
+    pub async fn redrive_dead_letters(&self) -> usize {
+        let bodies = local_stack::drain_queue(&self.sqs, &self.stack.dead_letter_queue_url)
+            .await
+            .expect("drain the dead-letter queue");
+        for body in &bodies {
+            self.enqueue_raw(body).await;
+        }
+        bodies.len()
+    }
+}

@@ -250,3 +250,67 @@ async fn a_poison_job_reaches_the_dlq_and_its_task_says_which_part_failed() {
     assert!(app.sent_emails().await.is_empty());
     assert_eq!(app.queue_depth().await, 0, "nothing left on the jobs queue");
 }
+
+#[tokio::test]
+async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sent_once() {
+    // SES refuses every send (transiently) for the first 15 tries per recipient: 3 tries an
+    // invocation over the 5 receives, so the chunk is dead-lettered; then the outage is over.
+    let subscribers: Vec<Subscriber> = (0..6)
+        .map(|n| Subscriber {
+            email: format!("reader{n}@example.com"),
+            topics: Default::default(),
+            unsubscribe_all: false,
+        })
+        .collect();
+    let audience = Audience {
+        topics: vec![TopicSpec {
+            name: "rust".into(),
+            default: Status::OptIn,
+        }],
+        subscribers,
+    };
+    let settings = Settings {
+        audience,
+        visibility_timeout: 1,
+        ..Settings::default()
+    };
+    let app = spawn_app_with(
+        settings,
+        &[
+            ("LOCAL_SES_FAIL_FIRST", "^reader"),
+            ("LOCAL_SES_FAIL_TIMES", "15"),
+        ],
+    )
+    .await;
+    let body = json!({"subject": "S", "sections": [{"topic": "rust", "title": "T", "body": "B"}]});
+    let (_, task_id) = post(&app, post_request(&body.to_string())).await;
+
+    app.run_worker_until_something_is_dead_lettered().await;
+    app.worker.sweep_dead_letters().await;
+    let (_, task) = status(&app, &task_id).await;
+    assert_eq!(task["status"], "completed_with_errors");
+    assert_eq!(
+        task["recipients"],
+        json!({"planned": 6, "sent": 0, "skipped": 0, "failed": 6})
+    );
+    assert_eq!(task["failures"][0]["part"], "delivery p0-c0");
+    assert!(app.recipients().await.is_empty());
+
+    // What StartMessageMoveTask does (moto lacks it): every DLQ message back to the jobs queue.
+    let moved = app.redrive_dead_letters().await;
+    assert_eq!(moved, 1);
+    app.run_worker_until_queue_is_empty().await;
+
+    let recipients = app.recipients().await;
+    let mut distinct = recipients.clone();
+    distinct.dedup();
+    assert_eq!(recipients.len(), 6, "everyone once: {recipients:?}");
+    assert_eq!(distinct.len(), 6);
+    let (_, task) = status(&app, &task_id).await;
+    assert_eq!(task["status"], "completed");
+    assert_eq!(
+        task["recipients"],
+        json!({"planned": 6, "sent": 6, "skipped": 0, "failed": 0})
+    );
+    assert!(task.get("failures").is_none(), "{task}");
+}

@@ -34,12 +34,12 @@ pub fn readable(line: &str) -> Option<String> {
             }
         ),
         "chunk delivered" => format!(
-            "delivered  {task}: chunk {} (attempt {}): {} sent, {} rejected, {} owed{}",
+            "delivered  {task}: chunk {} (attempt {}): {} sent, {} rejected, {} left{}",
             field("chunk"),
             field("attempt"),
             field("sent"),
             field("rejected"),
-            field("owed"),
+            field("unsent"),
             match field("already_settled").as_str() {
                 "" | "0" => String::new(),
                 settled => format!(", {settled} already sent before (skipped)"),
@@ -53,10 +53,20 @@ pub fn readable(line: &str) -> Option<String> {
             field("skipped"),
             field("failed")
         ),
-        "reporting message failed" => format!(
-            "failed     message {}: {} (SQS will retry it, then move it to the DLQ)",
+        "message failed" | "poison message" => format!(
+            "failed     {task}: message {}: {} (SQS will retry it, then move it to the DLQ)",
             field("message_id"),
             field("error")
+        ),
+        "handed back what does not fit before the deadline" => format!(
+            "handed back {} message(s) that do not fit this invocation",
+            field("messages")
+        ),
+        "dead-letter queue swept" if field("seen") != "0" => format!(
+            "swept      the DLQ: {} message(s), {} accounted on their tasks, {} for the next sweep",
+            field("seen"),
+            field("accounted"),
+            field("deferred")
         ),
         _ => match entry.get("level").and_then(Value::as_str) {
             Some(level @ ("WARN" | "ERROR")) => {
@@ -79,10 +89,10 @@ mod tests {
             readable(accepted).unwrap(),
             "accepted   task 0190: 2 section(s), job queued"
         );
-        let delivered = r#"{"level":"INFO","fields":{"message":"chunk delivered","chunk":"p0-c0","attempt":0,"sent":3,"rejected":0,"owed":1},"span":{"task_id":"0190"}}"#;
+        let delivered = r#"{"level":"INFO","fields":{"message":"chunk delivered","chunk":"p0-c0","attempt":0,"sent":3,"rejected":0,"unsent":1},"span":{"task_id":"0190"}}"#;
         assert_eq!(
             readable(delivered).unwrap(),
-            "delivered  task 0190: chunk p0-c0 (attempt 0): 3 sent, 0 rejected, 1 owed"
+            "delivered  task 0190: chunk p0-c0 (attempt 0): 3 sent, 0 rejected, 1 left"
         );
         let warning = r#"{"level":"WARN","fields":{"message":"email rejected; not retried"},"span":{"task_id":"0190"}}"#;
         assert_eq!(
