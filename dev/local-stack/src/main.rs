@@ -6,6 +6,7 @@ use local_stack::event_source::Trigger;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
+use newsletter::tasks::TaskStore;
 use std::sync::Arc;
 
 const DEFAULT_AWS_PORT: u16 = 4566;
@@ -31,6 +32,9 @@ fn port(variable: &str, default: u16) -> anyhow::Result<u16> {
         Err(_) => Ok(default),
     }
 }
+
+/// The task every SQS sample in `events/` names.
+const SAMPLE_TASK_ID: &str = "01a21247-9995-70f9-bc17-8ed0fa487837";
 
 async fn dev() -> anyhow::Result<()> {
     let root = repository_root();
@@ -66,6 +70,18 @@ async fn dev() -> anyhow::Result<()> {
         stack = LocalStack::start(options, Arc::new(|line| println!("{line}"))) => stack?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    // The SQS samples in events/ name this task: record it, as the accept function would have,
+    // so that `cargo lambda invoke worker --data-file events/sqs-job.json` delivers (the worker
+    // reports jobs of tasks without a record failed, never delivers them).
+    let sample_task = SAMPLE_TASK_ID.parse().context("the samples' task id")?;
+    let aws = local_stack::sdk_config(stack.endpoints()).await;
+    newsletter::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        &stack.settings.table_name,
+    )
+    .create(sample_task)
+    .await
+    .context("recording the samples' task")?;
     let url = stack.newsletters_url();
     println!(
         "\nReady: {} subscribers from {} in contact list '{}'.\n\
