@@ -257,6 +257,34 @@ impl CapacityStats {
     pub fn injected(&self, kind: FaultKind) -> u64 {
         self.injected.get(&kind).copied().unwrap_or(0)
     }
+
+    /// The write units DynamoDB on demand would bill for these requests, from what DynamoDB
+    /// Local reported: its units for the writes that are not transactions, 2 per item of each
+    /// transaction carried out (as DynamoDB bills items up to 1 KB; DynamoDB Local's own figure
+    /// for transactions is wrong), and 1 per single-item write refused by its condition (DynamoDB
+    /// bills those; DynamoDB Local reports nothing for them). Transactions of larger items, and
+    /// cancelled ones, are not in it; a transaction replayed with its `ClientRequestToken` after
+    /// a lost answer is counted again (DynamoDB bills a replay as a read).
+    pub fn estimated_write_units(&self) -> f64 {
+        let transactions = self.operation(Operation::TransactWriteItems);
+        let refused: u64 = [
+            Operation::PutItem,
+            Operation::UpdateItem,
+            Operation::DeleteItem,
+        ]
+        .into_iter()
+        .map(|operation| {
+            self.operation(operation)
+                .errors
+                .get("ConditionalCheckFailedException")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+        self.total.write_units - transactions.write_units
+            + 2.0 * transactions.transact_items as f64
+            + refused as f64
+    }
 }
 
 /// The proxy, listening on 127.0.0.1 on a port the OS picked; stopped when dropped.

@@ -272,6 +272,8 @@ async fn capacity_is_counted_per_operation_as_dynamodb_local_reports_it() {
     assert_eq!(stats.total.write_units, 11.0);
     assert_eq!(stats.total.read_units, 8.0);
     assert_eq!(stats.total.errors_total(), 1);
+    // DynamoDB's bill: 1 + 1 (the refused put) + 1 + 2 + 2 × 6 + 3.
+    assert_eq!(stats.estimated_write_units(), 20.0);
     assert_eq!(stats.total.injected, 0);
 
     f.proxy.reset_stats();
