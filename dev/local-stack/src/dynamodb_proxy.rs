@@ -182,7 +182,9 @@ impl Fault {
     pub fn on_any(kind: FaultKind) -> Self {
         Self {
             operation: None,
-            ..Self::on(Operation::GetItem, kind)
+            kind,
+            times: 1,
+            after: 0,
         }
     }
 
