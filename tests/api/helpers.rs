@@ -281,3 +281,59 @@ impl TestApp {
         bodies.len()
     }
 }
+
+/// [`spawn_app_with`] (without SES faults), with a [`DynamoDbProxy`] between DynamoDB Local and
+/// every DynamoDB client of the app (provisioning, the accept handler, the store, the worker), to
+/// inject faults and count capacity. Its stats are reset once the app is provisioned.
+///
+/// [`DynamoDbProxy`]: local_stack::dynamodb_proxy::DynamoDbProxy
+pub async fn spawn_app_behind_dynamodb_proxy(
+    mut settings: Settings,
+) -> (TestApp, local_stack::dynamodb_proxy::DynamoDbProxy) {
+    settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
+    let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
+    let proxy = local_stack::dynamodb_proxy::DynamoDbProxy::start(&dynamodb)
+        .await
+        .expect("the DynamoDB proxy starts");
+    let moto = MotoServer::start_with_env(0, &[]).expect("local AWS server starts");
+    let endpoint = moto.endpoint();
+    let aws = local_stack::sdk_config(&Endpoints {
+        aws: endpoint.clone(),
+        dynamodb: proxy.endpoint(),
+    })
+    .await;
+    let stack = local_stack::provision(&aws, &settings)
+        .await
+        .expect("local AWS is provisioned");
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &settings.table_name);
+    let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url), store.clone());
+    let config = Config {
+        queue_url: stack.queue_url.clone(),
+        table_name: settings.table_name.clone(),
+        dead_letter_queue_url: stack.dead_letter_queue_url.clone(),
+        function_timeout: Duration::from_secs(60),
+        contact_list_name: settings.contact_list_name.clone(),
+        from_address: settings.from_address.clone(),
+        max_send_rate: 1000.0,
+        max_concurrency: 1,
+        max_in_flight: 16,
+        configuration_set_name: None,
+    };
+    let worker = InProcessWorker {
+        function: worker::build(&config, &aws).expect("the worker's configuration is valid"),
+        events: Mutex::default(),
+    };
+    proxy.reset_stats();
+    let app = TestApp {
+        sqs,
+        stack,
+        settings,
+        accept,
+        store,
+        worker,
+        endpoint,
+        _moto: moto,
+    };
+    (app, proxy)
+}

@@ -6,4 +6,5 @@ mod events;
 mod helpers;
 mod status;
 mod store_contract;
+mod store_faults;
 mod worker;

@@ -3,6 +3,7 @@
 //! integration tests and the bench.
 
 pub mod dynamodb_local;
+pub mod dynamodb_proxy;
 pub mod event_source;
 pub mod functions;
 pub mod lambda_host;

@@ -155,10 +155,12 @@ pub async fn tasks_are_created_once_and_read_back(store: &impl Store) {
     assert_eq!(record.status, TaskStatus::Accepted);
     assert_eq!(record.recipients, Recipients::default());
     assert!(!record.planning_done && record.failures.is_empty());
-    assert!(
-        store.create(task_id).await.is_err(),
-        "a task id is created once"
-    );
+    // Task ids are fresh per request: creating one again is a retry after a lost answer.
+    store
+        .create(task_id)
+        .await
+        .expect("a retried create succeeds");
+    assert_eq!(task(store, task_id).await, record, "and changes nothing");
     store.delete(task_id).await.expect("a task is deleted");
     assert_eq!(store.get(task_id).await.expect("read"), None);
 }
@@ -389,6 +391,10 @@ pub async fn a_released_chunk_can_be_leased_at_once(store: &impl Store) {
         .release_lease(task_id, "p0-c0", &by, &settled(&[0], &[]))
         .await
         .unwrap();
+    store
+        .release_lease(task_id, "p0-c0", &by, &settled(&[0], &[]))
+        .await
+        .expect("a retried release (its answer lost) succeeds");
     let next = live("b");
     let progress = held(store, task_id, "p0-c0", 3, &next).await;
     assert_eq!(progress.sent, set(&[0]), "what the first recorded is kept");
@@ -566,6 +572,11 @@ pub async fn idempotency_keys_are_reserved_once(store: &impl Store) {
     assert_eq!(
         store.reserve(&key, "f1", task_id).await.unwrap(),
         Reservation::New
+    );
+    assert_eq!(
+        store.reserve(&key, "f1", task_id).await.unwrap(),
+        Reservation::New,
+        "the same reservation again is a retry after a lost answer"
     );
     let pending = Reservation::Existing {
         task_id,

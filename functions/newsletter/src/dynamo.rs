@@ -329,8 +329,10 @@ fn decode_plan(page: u32, raw: &str) -> Result<PagePlan, StoreError> {
 
 impl TaskStore for DynamoStore {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let now = now_rfc3339();
-        self.client
+        let result = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item("pk", task_key(task_id))
@@ -347,9 +349,21 @@ impl TaskStore for DynamoStore {
             .item("expires_at", expires_in(TASK_LIFETIME))
             .condition_expression("attribute_not_exists(pk)")
             .send()
-            .await
-            .map(|_| ())
-            .map_err(store_error)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Task ids are fresh for every request, so the record can only be there because an
+            // earlier try of this very put took effect and its answer was lost.
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(store_error(err)),
+        }
     }
 
     async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
@@ -456,6 +470,10 @@ impl IdempotencyStore for DynamoStore {
             Err(err) => match err.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(taken)) => {
                     match taken.item().and_then(reservation) {
+                        // Ours: an earlier try of this put took effect and its answer was lost.
+                        Some(Reservation::Existing {
+                            task_id: holder, ..
+                        }) if holder == task_id => Ok(Reservation::New),
                         Some(existing) => Ok(existing),
                         None => self
                             .lookup(key)
@@ -779,14 +797,31 @@ impl ChunkStore for DynamoStore {
         holder: &Holder,
         settled: &Settled,
     ) -> Result<(), StoreError> {
-        self.settle(
-            task_id,
-            chunk_id,
-            holder,
-            settled,
-            "REMOVE holder, lease_until",
-        )
-        .await
+        let released = self
+            .settle(
+                task_id,
+                chunk_id,
+                holder,
+                settled,
+                "REMOVE holder, lease_until",
+            )
+            .await;
+        if released.is_ok() {
+            return released;
+        }
+        // A retry after a lost answer finds the lease gone (its first try removed it): done if
+        // what it was to record is there and the lease is not ours any more.
+        let item = self.read(chunk_key(task_id, chunk_id)).await?;
+        let done = item.as_ref().is_some_and(|item| {
+            let progress = chunk_progress(item);
+            text(item, "holder") != Some(holder.token.as_str())
+                && settled.sent.iter().all(|p| progress.sent.contains(p))
+                && settled
+                    .rejected
+                    .iter()
+                    .all(|p| progress.rejected.contains(p))
+        });
+        if done { Ok(()) } else { released }
     }
 
     async fn close(

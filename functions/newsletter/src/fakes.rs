@@ -370,7 +370,7 @@ impl TaskStore for MemoryStore {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
         let mut records = self.records()?;
         if records.tasks.contains_key(&task_id) {
-            return Err(StoreError(format!("task {task_id} exists")));
+            return Ok(()); // a retry: task ids are fresh for every request
         }
         let record = TaskRecord {
             task_id,
@@ -437,6 +437,11 @@ impl IdempotencyStore for MemoryStore {
         task_id: TaskId,
     ) -> Result<Reservation, StoreError> {
         let mut records = self.records()?;
+        if let Some((holder, _, _)) = records.keys.get(key)
+            && *holder == task_id
+        {
+            return Ok(Reservation::New); // a retry of this very reservation
+        }
         if let Some((task_id, fingerprint, queued)) = records.keys.get(key) {
             return Ok(Reservation::Existing {
                 task_id: *task_id,
@@ -548,6 +553,16 @@ impl ChunkStore for MemoryStore {
         settled: &Settled,
     ) -> Result<(), StoreError> {
         let mut records = self.records()?;
+        if let Some(chunk) = records.chunks.get(&(task_id, chunk_id.to_owned()))
+            && chunk.holder.as_ref().map(|held| &held.token) != Some(&holder.token)
+            && settled.sent.iter().all(|p| chunk.progress.sent.contains(p))
+            && settled
+                .rejected
+                .iter()
+                .all(|p| chunk.progress.rejected.contains(p))
+        {
+            return Ok(()); // a retry after a lost answer: released, and recorded
+        }
         let chunk = held_chunk(&mut records, task_id, chunk_id, holder)?;
         chunk.progress.apply(settled);
         chunk.holder = None;

@@ -124,7 +124,8 @@ pub struct StoreError(pub String);
 
 /// Task status and counters.
 pub trait TaskStore: Send + Sync {
-    /// Records a new task as accepted.
+    /// Records a new task as accepted. Task ids are fresh for every request, so creating one that
+    /// exists is a retry (an earlier try's answer was lost) and succeeds.
     fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Forgets a task whose job never reached the queue.
     fn delete(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -165,6 +166,7 @@ pub enum Reservation {
 
 pub trait IdempotencyStore: Send + Sync {
     /// Reserves `key` for `task_id` and the request `fingerprint`, unless it is already taken.
+    /// A key reserved for this same `task_id` is a retry (an earlier try's answer was lost): `New`.
     fn reserve(
         &self,
         key: &str,
@@ -328,6 +330,7 @@ pub trait ChunkStore: Send + Sync {
         settled: &Settled,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Records `settled` and gives the lease up: recipients are left for another invocation.
+    /// Idempotent: a retry after a lost answer succeeds though the lease is gone.
     fn release_lease(
         &self,
         task_id: TaskId,
