@@ -412,12 +412,15 @@ impl TaskStore for DynamoStore {
 
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        // Who made the move: an SDK retry after a lost answer sends the same token, fails the
+        // condition its first try made false, and recognises its own move by it.
+        let mover = uuid::Uuid::now_v7().to_string();
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", task_key(task_id))
-            .update_expression("SET #status = :status, updated_at = :now")
+            .update_expression("SET #status = :status, updated_at = :now, finished_by = :mover")
             .condition_expression(
                 "attribute_exists(pk) AND #status <> :status AND #status <> :completed",
             )
@@ -425,19 +428,18 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
+            .expression_attribute_values(":mover", s(&mover))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(store_error(err)),
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(refused)) => Ok(refused
+                    .item()
+                    .is_some_and(|item| text(item, "finished_by") == Some(mover.as_str()))),
+                _ => Err(store_error(err)),
+            },
         }
     }
 }
