@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_runtime::LambdaEvent;
+use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
 use newsletter::TaskId;
@@ -46,11 +47,19 @@ pub struct Throughput {
     pub duplicates: usize,
     pub losses: usize,
     pub throttled: u64,
+    /// DynamoDB write request units per email sent, as on-demand DynamoDB bills them (counted by
+    /// the proxy in front of DynamoDB Local: transactional items at 2 units, refused conditional
+    /// writes at 1).
+    pub write_units_per_email: f64,
+    /// Read request units per email sent.
+    pub read_units_per_email: f64,
 }
 
-/// The local AWS server, provisioned, and the SES endpoint in front of it.
+/// The local AWS server, provisioned, and the SES endpoint in front of it; `aws` sends DynamoDB
+/// through the capacity-counting `dynamodb` proxy.
 pub struct Stack<'a> {
     pub ses: &'a SesEndpoint,
+    pub dynamodb: &'a DynamoDbProxy,
     pub aws: &'a aws_config::SdkConfig,
     pub queue_url: &'a str,
     pub dead_letter_queue_url: &'a str,
@@ -93,6 +102,9 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         .await?;
     stack.ses.take_received();
     stack.ses.take_throttled();
+    // What sending costs, not planning and queueing (planning's plan write is ~0.04 units an
+    // email at 1,000 contacts a page).
+    stack.dynamodb.reset_stats();
 
     let sqs = aws_sdk_sqs::Client::new(stack.aws);
     // Lambda's poller hands out batches as soon as they are there.
@@ -134,11 +146,14 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
                 .contains_key(recipient.email.as_str())
         })
         .count();
+    let capacity = stack.dynamodb.stats();
     Ok(Throughput {
         emails_per_second: sent as f64 / (last - started).as_secs_f64(),
         duplicates,
         losses,
         throttled: stack.ses.take_throttled(),
+        write_units_per_email: capacity.estimated_write_units() / sent as f64,
+        read_units_per_email: capacity.total.read_units / sent as f64,
     })
 }
 

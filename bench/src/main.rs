@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use cold_start::{ColdStart, Plan};
 use delivery::Scenario;
 use function::FunctionSpec;
+use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
 use report::{Machine, Report, Row, Target};
 use stats::ms;
@@ -427,14 +428,16 @@ async fn throughput(
     let mut rows = Vec::new();
     for (kind, scenario) in scenarios {
         let endpoint = SesEndpoint::start(scenario.ses, &endpoints.aws).await?;
-        // SQS and SES through the endpoint; DynamoDB clients built from `aws` go to DynamoDB Local.
+        let proxy = DynamoDbProxy::start(&endpoints.dynamodb).await?;
+        // SQS and SES through the endpoint; DynamoDB through the proxy to DynamoDB Local.
         let aws = local_stack::sdk_config(&local_stack::Endpoints {
             aws: endpoint.endpoint(),
-            dynamodb: endpoints.dynamodb.clone(),
+            dynamodb: proxy.endpoint(),
         })
         .await;
         let stack = delivery::Stack {
             ses: &endpoint,
+            dynamodb: &proxy,
             aws: &aws,
             queue_url: &queues.queue_url,
             dead_letter_queue_url: &queues.dead_letter_queue_url,
@@ -461,6 +464,25 @@ async fn throughput(
                 "",
                 result.throttled as f64,
             ),
+            Row::new(
+                format!("{name}: DynamoDB write units per email"),
+                "WRU",
+                result.write_units_per_email,
+            )
+            .target(Target::AtMost(0.5)),
+            Row::new(
+                format!("{name}: DynamoDB read units per email"),
+                "RRU",
+                result.read_units_per_email,
+            ),
+            // On-demand prices (us-east-1): $0.625 per million write units, $0.125 per million
+            // read units; SES: $0.10 per 1,000 emails, $100 per million.
+            Row::new(
+                format!("{name}: DynamoDB $ per 1,000,000 emails"),
+                "$",
+                result.write_units_per_email * 0.625 + result.read_units_per_email * 0.125,
+            )
+            .against("SES $100", 100.0),
         ]);
     }
     Ok(rows)
