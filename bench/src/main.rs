@@ -8,6 +8,8 @@ mod cold_start;
 mod delivery;
 mod events;
 mod function;
+mod host;
+mod host_sections;
 mod report;
 mod stats;
 mod tls_proxy;
@@ -25,7 +27,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tls_proxy::TlsProxy;
 
-const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|size]";
+const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|lambda-host|size]";
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 4] = ["cold-start", "delivery", "lambda-host", "size"];
 
 #[derive(Debug)]
 struct Options {
@@ -57,7 +62,13 @@ impl Options {
                 "--smoke" => options.smoke = true,
                 "--cold-build" => options.cold_build = true,
                 "--profile" => options.profile = args.next().context(USAGE)?,
-                "--only" => options.only = Some(args.next().context(USAGE)?),
+                "--only" => {
+                    let section = args.next().context(USAGE)?;
+                    if !SECTIONS.contains(&section.as_str()) {
+                        bail!("no section {section:?}\n{USAGE}");
+                    }
+                    options.only = Some(section);
+                }
                 _ => bail!("unknown argument {arg:?}\n{USAGE}"),
             }
         }
@@ -151,6 +162,20 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     }
     if options.runs("delivery") {
         rows.extend(throughput(options, &endpoints, &stack, &settings).await?);
+    }
+    let worker = paths.binaries.join("worker");
+    let host_stack = host::Stack {
+        aws: &aws,
+        endpoints: &endpoints,
+        settings: &settings,
+        worker: &worker,
+        logs: &paths.logs,
+    };
+    if options.runs("lambda-host") {
+        let (host_rows, host_notes) =
+            host_sections::lambda_host(&host_stack, options.smoke).await?;
+        rows.extend(host_rows);
+        notes.extend(host_notes);
     }
     if options.runs("size") {
         rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
