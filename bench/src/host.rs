@@ -141,6 +141,8 @@ pub struct Run {
     pub expected: Vec<String>,
     /// Delivery messages the plan queued.
     pub queued: usize,
+    /// The largest of them, encoded, in bytes.
+    pub largest_message: usize,
     pub chunk_size: usize,
     /// When the host started polling (the messages were on the queue already).
     pub started: Instant,
@@ -224,6 +226,12 @@ async fn run_on(
         swept,
         expected,
         queued: planned.messages.len(),
+        largest_message: planned
+            .messages
+            .iter()
+            .map(|message| message.encode().len())
+            .max()
+            .unwrap_or(0),
         chunk_size,
         started,
         log,
@@ -413,6 +421,26 @@ impl Run {
             }
         }
         (at_once, unfinished)
+    }
+
+    /// The most emails that reached SES within one of its latencies of each other: sends that
+    /// were in flight at once (a lower bound: SES answers each after exactly that latency).
+    pub fn most_sends_in_flight(&self, latency: Duration) -> usize {
+        let arrivals: Vec<Instant> = self
+            .received
+            .accepted
+            .iter()
+            .map(|email| email.at)
+            .collect();
+        let mut first = 0;
+        let mut most = 0;
+        for (last, at) in arrivals.iter().enumerate() {
+            while at.saturating_duration_since(arrivals[first]) >= latency {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        most
     }
 
     /// The least time any answered invocation left before its deadline.

@@ -1,5 +1,6 @@
 //! The sections that run the worker's bootstrap under the Lambda host: delivery at the
-//! template's ratios (`lambda-host`: without and with kills).
+//! template's ratios (`lambda-host`: without and with kills) and the worker's memory for the
+//! largest newsletter the API accepts (`memory`).
 
 use crate::host::{self, Run, Scenario, Workload};
 use crate::report::{Row, Target};
@@ -7,6 +8,7 @@ use local_stack::event_source::Trigger;
 use local_stack::lambda_host::KillPlan;
 use local_stack::ses_endpoint::SesBehaviour;
 use newsletter::deliver::SETTLE_GROUP;
+use newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY;
 use newsletter::tasks::TaskStatus;
 use std::time::Duration;
 
@@ -319,5 +321,105 @@ async fn kill_rows(stack: &host::Stack<'_>, smoke: bool) -> anyhow::Result<Figur
     } else {
         sent
     });
+    Ok((rows, notes))
+}
+
+/// Section `memory`: one batch of 10 delivery messages of the largest newsletter the API
+/// accepts, to one instance with a rate that never holds it back and SES answering in 20 ms, so
+/// that all `MAX_IN_FLIGHT` sends are out at once, each holding an email of nearly the whole
+/// newsletter; the same batch of the small fixture newsletter is the baseline.
+pub async fn memory(stack: &host::Stack<'_>, smoke: bool) -> anyhow::Result<Figures> {
+    let (messages, recipients) = if smoke {
+        (1, 3)
+    } else {
+        (10, 10 * MAX_RECIPIENTS_PER_DELIVERY)
+    };
+    let scenario = |name| Scenario {
+        name,
+        function_timeout: Duration::from_secs(60),
+        max_send_rate: 1000.0,
+        max_concurrency: 1,
+        max_in_flight: 16,
+        trigger: Trigger {
+            batch_size: 10,
+            batching_window: Duration::from_secs(1),
+            wait_time_seconds: 1,
+        },
+        visibility_timeout: Duration::from_secs(360),
+        kill_plan: None,
+        ses: SesBehaviour {
+            latency: Duration::from_millis(20),
+            max_send_rate: 10_000.0,
+        },
+        memory_size_mb: 256,
+        limit: Duration::from_secs(120),
+    };
+    let small = scenario("memory-small");
+    let small_run = host::run(
+        stack,
+        &small,
+        Workload {
+            max_messages: Some(messages),
+            ..fixture_workload(recipients)?
+        },
+    )
+    .await?;
+    let worst = scenario("memory-worst");
+    let body = crate::worst_case::body()?;
+    let body_kib = body.len() as f64 / 1024.0;
+    let worst_run = host::run(
+        stack,
+        &worst,
+        Workload {
+            body,
+            recipients: crate::worst_case::recipients(recipients)?,
+            max_messages: Some(messages),
+        },
+    )
+    .await?;
+    let mib = |run: &Run| run.stats.peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let notes = vec![format!(
+        "memory: one batch of {} delivery messages ({} recipients) to one instance of the \
+         worker's bootstrap under the Lambda host (MAX_SEND_RATE 1000, MAX_IN_FLIGHT 16, SES \
+         20 ms, so that every send slot can be in use), peak RSS from VmHWM; largest newsletter: a {body_kib:.1} \
+         KiB body, 50 sections of ~3.9 KiB on 50 topics, each recipient opted into a different \
+         set of 48 or 49 of them; baseline: the same batch of the fixture newsletter ({} \
+         recipients, one topic each)",
+        worst_run.queued,
+        worst_run.expected.len(),
+        small_run.expected.len(),
+    )];
+    let mut rows = vec![
+        Row::new(
+            "worker peak RSS, largest newsletter, distinct topic sets",
+            "MiB",
+            mib(&worst_run),
+        )
+        .against("same batch, fixture newsletter", mib(&small_run))
+        .target(Target::AtMost(64.0)),
+        Row::new(
+            "largest newsletter: most sends in flight at once (seen by SES)",
+            "",
+            worst_run.most_sends_in_flight(worst.ses.latency) as f64,
+        )
+        .against("MAX_IN_FLIGHT", worst.max_in_flight as f64),
+        Row::new(
+            "largest newsletter: largest delivery message",
+            "KiB",
+            worst_run.largest_message as f64 / 1024.0,
+        )
+        .against("SQS limit", 256.0)
+        .target(Target::AtMost(256.0)),
+    ];
+    for (label, run) in [("largest newsletter", &worst_run), ("fixture", &small_run)] {
+        rows.push(
+            Row::new(
+                format!("memory run, {label}: recipients without exactly one email"),
+                "",
+                (run.losses() + run.duplicates()) as f64,
+            )
+            .target(Target::Exactly(0.0)),
+        );
+    }
     Ok((rows, notes))
 }

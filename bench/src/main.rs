@@ -13,6 +13,7 @@ mod host_sections;
 mod report;
 mod stats;
 mod tls_proxy;
+mod worst_case;
 
 use anyhow::{Context, bail};
 use cold_start::{ColdStart, Plan};
@@ -27,10 +28,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tls_proxy::TlsProxy;
 
-const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|lambda-host|size]";
+const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|lambda-host|memory|size]";
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 4] = ["cold-start", "delivery", "lambda-host", "size"];
+const SECTIONS: [&str; 5] = ["cold-start", "delivery", "lambda-host", "memory", "size"];
 
 #[derive(Debug)]
 struct Options {
@@ -176,6 +177,11 @@ async fn run(options: &Options) -> anyhow::Result<()> {
             host_sections::lambda_host(&host_stack, options.smoke).await?;
         rows.extend(host_rows);
         notes.extend(host_notes);
+    }
+    if options.runs("memory") {
+        let (memory_rows, memory_notes) = host_sections::memory(&host_stack, options.smoke).await?;
+        rows.extend(memory_rows);
+        notes.extend(memory_notes);
     }
     if options.runs("size") {
         rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
