@@ -33,10 +33,12 @@ pub struct ColdStart {
 }
 
 /// Runs `plan` for the function in `spec`; `reset` runs before each fresh process, so that each
-/// run starts from the same state of the local AWS server.
+/// run starts from the same state of the local AWS server. `event` gives each invocation its
+/// event, outside the timed part: the worker's must be a delivery of a task recorded afresh, or
+/// every invocation after the first would find its chunk sent and send nothing.
 pub async fn measure(
     spec: &FunctionSpec,
-    event: &Bytes,
+    event: impl AsyncFn() -> anyhow::Result<Bytes>,
     check: Check,
     plan: Plan,
     reset: impl AsyncFn() -> anyhow::Result<()>,
@@ -45,17 +47,19 @@ pub async fn measure(
     let (mut warm_elapsed, mut peak_rss_kib) = (Duration::ZERO, 0);
     for _ in 0..plan.cold_runs {
         reset().await?;
+        let first_event = event().await?;
         let mut function = Running::spawn(spec).await?;
         let init = function.ready().await?;
-        let (first, answer) = function.invoke(event.clone()).await?;
+        let (first, answer) = function.invoke(first_event).await?;
         check(&answer)?;
-        let started = Instant::now();
         for _ in 0..plan.warm_invocations {
-            let (took, answer) = function.invoke(event.clone()).await?;
+            let warm_event = event().await?;
+            let started = Instant::now();
+            let (took, answer) = function.invoke(warm_event).await?;
             check(&answer)?;
+            warm_elapsed += started.elapsed();
             warm.push(took);
         }
-        warm_elapsed += started.elapsed();
         peak_rss_kib = peak_rss_kib.max(function.peak_rss_kib()?);
         inits.push(init);
         firsts.push(first);

@@ -10,12 +10,9 @@ use lambda_runtime::LambdaEvent;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
-use newsletter::TaskId;
 use newsletter::dynamo::DynamoStore;
-use newsletter::message::{Delivery, Job, Message, Recipient};
-use newsletter::planning::{PagePlan, chunk};
 use newsletter::queue::{MessageQueue, SqsQueue};
-use newsletter::tasks::{PlanStore, TaskStore};
+use newsletter::tasks::PlanStore;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use worker::{SesFunction, WorkerEvent, WorkerResponse};
 
@@ -91,15 +88,20 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         .map(|_| Ok(Instance(worker::build(&config, stack.aws)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let expected = crate::events::recipients(scenario.recipients)?;
-    // A task planned with exactly these recipients, as the accept function and the planner
-    // leave it, so that every lease and settlement is the production path.
-    let task_id = TaskId::generate();
+    // A task accepted and planned with exactly these recipients, as the accept function and the
+    // planner leave it, so that every lease and settlement is the production path.
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(stack.aws), &config.table_name);
-    store.create(task_id).await?;
-    let deliveries = deliveries(&store, task_id, &expected, config.chunk_size()?).await?;
+    let planned = crate::events::plan_task(
+        &store,
+        &crate::events::newsletter_body()?,
+        expected.clone(),
+        config.chunk_size()?,
+    )
+    .await?;
     SqsQueue::new(aws_sdk_sqs::Client::new(stack.aws), stack.queue_url)
-        .send_all(&deliveries)
+        .send_all(&planned.messages)
         .await?;
+    store.mark_page_enqueued(planned.task_id, 0).await?;
     stack.ses.take_received();
     stack.ses.take_throttled();
     // What sending costs, not planning and queueing (planning's plan write is ~0.04 units an
@@ -168,38 +170,6 @@ async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> anyhow::R
         .attributes
         .unwrap_or_default();
     Ok(attributes.values().all(|count| count == "0"))
-}
-
-/// Delivery messages for `recipients`, chunked and recorded as the planner does it.
-async fn deliveries(
-    store: &DynamoStore,
-    task_id: TaskId,
-    recipients: &[Recipient],
-    chunk_size: usize,
-) -> anyhow::Result<Vec<Message>> {
-    let job = Job {
-        task_id,
-        newsletter: crate::events::newsletter()?,
-        cursor: None,
-    };
-    let template = Delivery {
-        task_id,
-        chunk_id: String::new(),
-        attempt: 0,
-        newsletter: job.newsletter.clone(),
-        recipients: Vec::new(),
-    };
-    let chunks = chunk(recipients.to_vec(), &template, chunk_size);
-    if chunks.is_empty() {
-        bail!("no recipients to deliver to");
-    }
-    let plan = PagePlan {
-        chunks,
-        contacts: recipients.len() as u64,
-        ..PagePlan::default()
-    };
-    let plan = store.record_page(task_id, plan).await?;
-    Ok(plan.messages(&job))
 }
 
 /// One worker instance, invoked in-process as the Lambda runtime would invoke it.

@@ -1,11 +1,16 @@
-//! The events the functions are invoked with: the fixtures in `events/`, and an SQS event
-//! carrying a delivery message built with the domain library.
+//! The events the functions are invoked with: the fixtures in `events/`, and SQS events
+//! carrying delivery messages of tasks recorded and planned as the accept function and the
+//! planner leave them.
 
 use anyhow::Context;
 use bytes::Bytes;
+use newsletter::TaskId;
 use newsletter::domain::{EmailAddress, Topic};
+use newsletter::dynamo::DynamoStore;
+use newsletter::fakes::RecordingQueue;
 use newsletter::message::{Delivery, Message, Recipient};
-use newsletter::{Newsletter, TaskId};
+use newsletter::planning::{PagePlan, chunk};
+use newsletter::tasks::PlanStore;
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> anyhow::Result<Vec<u8>> {
@@ -18,36 +23,96 @@ pub fn accept_request() -> anyhow::Result<Bytes> {
     Ok(fixture("http-api-post.json")?.into())
 }
 
-/// The newsletter of `events/newsletter.json`.
-pub fn newsletter() -> anyhow::Result<Newsletter> {
-    let document: Value = serde_json::from_slice(&fixture("newsletter.json")?)?;
-    Newsletter::from_json(&document).map_err(|errors| anyhow::anyhow!("invalid: {errors:?}"))
+/// The body of `events/newsletter.json`: a small newsletter on the topics `rust` and `aws`.
+pub fn newsletter_body() -> anyhow::Result<Vec<u8>> {
+    fixture("newsletter.json")
 }
 
 /// `count` subscribers of the `rust` topic (a section of the fixture newsletter).
 pub fn recipients(count: usize) -> anyhow::Result<Vec<Recipient>> {
     let topic = Topic::parse("rust").map_err(|err| anyhow::anyhow!("{err:?}"))?;
     (0..count)
-        .map(|index| {
-            let email = EmailAddress::parse(&format!("reader-{index}@example.com"))
-                .map_err(|err| anyhow::anyhow!("{err:?}"))?;
-            Ok(Recipient {
-                email,
-                topics: vec![topic.clone()],
-            })
-        })
+        .map(|index| recipient(&format!("reader-{index}@example.com"), vec![topic.clone()]))
         .collect()
 }
 
-/// An SQS event with one delivery message for `recipients`, as the planner enqueues it.
-pub fn delivery_batch(recipients: Vec<Recipient>) -> anyhow::Result<Bytes> {
-    let message = Message::Delivery(Delivery {
-        task_id: TaskId::generate(),
-        chunk_id: "p0-c0".into(),
+pub fn recipient(email: &str, topics: Vec<Topic>) -> anyhow::Result<Recipient> {
+    Ok(Recipient {
+        email: EmailAddress::parse(email).map_err(|err| anyhow::anyhow!("{email}: {err:?}"))?,
+        topics,
+    })
+}
+
+/// A task as the accept function and the planner leave it, with the delivery messages of its
+/// one page, not yet queued.
+pub struct PlannedTask {
+    pub task_id: TaskId,
+    pub messages: Vec<Message>,
+}
+
+/// Accepts `body` as `POST /newsletters` does (size limit, JSON, validation; the task recorded
+/// as accepted), then plans one page of `recipients` as the planner does: chunks of at most
+/// `chunk_size` whose messages fit SQS's limit (`planning::chunk`), the page plan stored and
+/// counted before anything is queued. The worker refuses deliveries of a task without a record,
+/// and counts a chunk on its task only against a stored plan, so every lease, settlement and
+/// completion the worker then makes is the production path.
+pub async fn plan_task(
+    store: &DynamoStore,
+    body: &[u8],
+    recipients: Vec<Recipient>,
+    chunk_size: usize,
+) -> anyhow::Result<PlannedTask> {
+    let accepted = RecordingQueue::default();
+    let task_id = newsletter::submit::submit(&accepted, store, body, None)
+        .await
+        .context("the newsletter is not accepted")?;
+    let Some(Message::Job(job)) = accepted.take().pop() else {
+        anyhow::bail!("accepting the newsletter queued no job");
+    };
+    let template = Delivery {
+        task_id,
+        chunk_id: String::new(),
         attempt: 0,
-        newsletter: newsletter()?,
+        newsletter: job.newsletter.clone(),
+        recipients: Vec::new(),
+    };
+    let contacts = recipients.len() as u64;
+    let chunks = chunk(recipients, &template, chunk_size);
+    anyhow::ensure!(!chunks.is_empty(), "no recipients to deliver to");
+    let plan = PagePlan {
+        chunks,
+        contacts,
+        ..PagePlan::default()
+    };
+    let plan = store.record_page(task_id, plan).await?;
+    Ok(PlannedTask {
+        task_id,
+        messages: plan.messages(&job),
+    })
+}
+
+/// An SQS event with one delivery message to `recipients` (at most one chunk's worth) of the
+/// fixture newsletter, for a task recorded and planned afresh: each invocation sends them all.
+pub async fn delivery_batch(
+    store: &DynamoStore,
+    recipients: Vec<Recipient>,
+) -> anyhow::Result<Bytes> {
+    let count = recipients.len();
+    let planned = plan_task(
+        store,
+        &newsletter_body()?,
         recipients,
-    });
+        newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY,
+    )
+    .await?;
+    // Handed to the function directly, as the poller would hand it after the planner queued it.
+    store.mark_page_enqueued(planned.task_id, 0).await?;
+    let [message] = planned.messages.as_slice() else {
+        anyhow::bail!(
+            "{count} recipients make {} delivery messages, not one",
+            planned.messages.len()
+        );
+    };
     let event = json!({"Records": [{
         "messageId": "bench-delivery-0",
         "receiptHandle": "bench",
@@ -81,4 +146,27 @@ pub fn check_delivered(answer: &[u8]) -> anyhow::Result<()> {
 
 pub fn check_any(_: &[u8]) -> anyhow::Result<()> {
     Ok(())
+}
+
+/// What each invocation of a cold-start run is given.
+pub enum Invocations<'a> {
+    /// The same event every time.
+    Same(Bytes),
+    /// A delivery to this many recipients, for a task recorded and planned afresh each time.
+    FreshDelivery {
+        store: &'a DynamoStore,
+        recipients: usize,
+    },
+}
+
+impl Invocations<'_> {
+    pub async fn next(&self) -> anyhow::Result<Bytes> {
+        match self {
+            Self::Same(event) => Ok(event.clone()),
+            Self::FreshDelivery {
+                store,
+                recipients: count,
+            } => delivery_batch(store, recipients(*count)?).await,
+        }
+    }
 }

@@ -8,23 +8,31 @@ mod cold_start;
 mod delivery;
 mod events;
 mod function;
+mod host;
+mod host_sections;
 mod report;
 mod stats;
 mod tls_proxy;
+mod worst_case;
 
 use anyhow::{Context, bail};
 use cold_start::{ColdStart, Plan};
 use delivery::Scenario;
+use events::Invocations;
 use function::FunctionSpec;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
+use newsletter::dynamo::DynamoStore;
 use report::{Machine, Report, Row, Target};
 use stats::ms;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tls_proxy::TlsProxy;
 
-const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|size]";
+const USAGE: &str = "usage: bench [--smoke] [--profile release|debug] [--cold-build] [--only cold-start|delivery|lambda-host|memory|size]";
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 5] = ["cold-start", "delivery", "lambda-host", "memory", "size"];
 
 #[derive(Debug)]
 struct Options {
@@ -56,7 +64,13 @@ impl Options {
                 "--smoke" => options.smoke = true,
                 "--cold-build" => options.cold_build = true,
                 "--profile" => options.profile = args.next().context(USAGE)?,
-                "--only" => options.only = Some(args.next().context(USAGE)?),
+                "--only" => {
+                    let section = args.next().context(USAGE)?;
+                    if !SECTIONS.contains(&section.as_str()) {
+                        bail!("no section {section:?}\n{USAGE}");
+                    }
+                    options.only = Some(section);
+                }
                 _ => bail!("unknown argument {arg:?}\n{USAGE}"),
             }
         }
@@ -150,6 +164,25 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     }
     if options.runs("delivery") {
         rows.extend(throughput(options, &endpoints, &stack, &settings).await?);
+    }
+    let worker = paths.binaries.join("worker");
+    let host_stack = host::Stack {
+        aws: &aws,
+        endpoints: &endpoints,
+        settings: &settings,
+        worker: &worker,
+        logs: &paths.logs,
+    };
+    if options.runs("lambda-host") {
+        let (host_rows, host_notes) =
+            host_sections::lambda_host(&host_stack, options.smoke).await?;
+        rows.extend(host_rows);
+        notes.extend(host_notes);
+    }
+    if options.runs("memory") {
+        let (memory_rows, memory_notes) = host_sections::memory(&host_stack, options.smoke).await?;
+        rows.extend(memory_rows);
+        notes.extend(memory_notes);
     }
     if options.runs("size") {
         rows.extend(artifacts::sizes(&paths.binaries, &paths.target)?);
@@ -268,13 +301,22 @@ async fn cold_starts(
         ]);
         env
     };
-    let accept_event = events::accept_request()?;
-    let worker_event = events::delivery_batch(events::recipients(recipients)?)?;
-    let hello_event = bytes::Bytes::from_static(b"{\"hello\":\"world\"}");
+    let accept_event = Invocations::Same(events::accept_request()?);
+    // The worker refuses a delivery for a task without a record: each invocation gets one for a
+    // task accepted and planned just before it, on the tasks table the worker uses.
+    let store = DynamoStore::new(
+        local_stack::dynamodb_client(&endpoints.dynamodb),
+        &settings.table_name,
+    );
+    let worker_event = Invocations::FreshDelivery {
+        store: &store,
+        recipients,
+    };
+    let hello_event = Invocations::Same(bytes::Bytes::from_static(b"{\"hello\":\"world\"}"));
 
     let floor = cold_start::measure(
         &spec("hello", paths, "hello", vec![]),
-        &hello_event,
+        async || hello_event.next().await,
         events::check_any,
         accept_plan,
         async || Ok(()),
@@ -283,50 +325,36 @@ async fn cold_starts(
     // moto's SendMessage slows down as its queue fills (27 ms with ~1,500 messages queued against
     // 3.5 ms near empty, traced), which SQS does not: each run starts from an empty queue.
     let sqs = aws_sdk_sqs::Client::new(aws);
-    let measure = |name, bin, env, event, check, plan, queue_url: &str| {
-        let queue_url = queue_url.to_owned();
-        let spec = spec(name, paths, bin, env);
-        let sqs = &sqs;
-        let empty_queue = async move || {
-            local_stack::drain_queue(sqs, &queue_url).await?;
-            anyhow::Ok(())
-        };
-        async move { cold_start::measure(&spec, event, check, plan, empty_queue).await }
-    };
-    let accept_http = measure(
-        "accept-http",
-        "accept",
-        accept_env(None),
-        &accept_event,
-        events::check_accepted as cold_start::Check,
-        accept_plan,
-        accept_queue_url,
-    )
-    .await?;
-    let accept_https = measure(
-        "accept-https",
-        "accept",
-        accept_env(Some(&proxy)),
+    let accept_http = measure_from_empty_queue(
+        &sqs,
+        &spec("accept-http", paths, "accept", accept_env(None)),
         &accept_event,
         events::check_accepted,
         accept_plan,
         accept_queue_url,
     )
     .await?;
-    let worker_http = measure(
-        "worker-http",
-        "worker",
-        worker_env(None),
+    let accept_https = measure_from_empty_queue(
+        &sqs,
+        &spec("accept-https", paths, "accept", accept_env(Some(&proxy))),
+        &accept_event,
+        events::check_accepted,
+        accept_plan,
+        accept_queue_url,
+    )
+    .await?;
+    let worker_http = measure_from_empty_queue(
+        &sqs,
+        &spec("worker-http", paths, "worker", worker_env(None)),
         &worker_event,
         events::check_delivered,
         worker_plan,
         worker_queue_url,
     )
     .await?;
-    let worker_https = measure(
-        "worker-https",
-        "worker",
-        worker_env(Some(&proxy)),
+    let worker_https = measure_from_empty_queue(
+        &sqs,
+        &spec("worker-https", paths, "worker", worker_env(Some(&proxy))),
         &worker_event,
         events::check_delivered,
         worker_plan,
@@ -360,6 +388,22 @@ async fn cold_starts(
         ]);
     }
     Ok(rows)
+}
+
+/// [`cold_start::measure`], each fresh process starting from an empty `queue_url`.
+async fn measure_from_empty_queue(
+    sqs: &aws_sdk_sqs::Client,
+    spec: &FunctionSpec,
+    event: &Invocations<'_>,
+    check: cold_start::Check,
+    plan: Plan,
+    queue_url: &str,
+) -> anyhow::Result<ColdStart> {
+    let empty_queue = async || {
+        local_stack::drain_queue(sqs, queue_url).await?;
+        anyhow::Ok(())
+    };
+    cold_start::measure(spec, async || event.next().await, check, plan, empty_queue).await
 }
 
 fn accept_rows(name: &str, accept: &ColdStart, floor: &ColdStart) -> Vec<Row> {

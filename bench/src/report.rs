@@ -12,6 +12,8 @@ pub enum Target {
     AtMost(f64),
     /// A correctness figure (duplicates, losses): must be exactly this, in any run.
     Exactly(f64),
+    /// A correctness bound (duplicates within the crash window): at most this, in any run.
+    Within(f64),
     RatioAtMost(f64),
     RatioAtLeast(f64),
 }
@@ -59,6 +61,7 @@ impl Row {
             Target::None => None,
             Target::AtMost(limit) => Some(self.value <= limit),
             Target::Exactly(expected) => Some(self.value == expected),
+            Target::Within(limit) => Some(self.value <= limit),
             Target::RatioAtMost(limit) => self.ratio.map(|ratio| ratio <= limit),
             Target::RatioAtLeast(limit) => self.ratio.map(|ratio| ratio >= limit),
         };
@@ -66,7 +69,7 @@ impl Row {
     }
 
     pub fn is_correctness_failure(&self) -> bool {
-        matches!(self.target, Target::Exactly(_)) && self.pass == Some(false)
+        matches!(self.target, Target::Exactly(_) | Target::Within(_)) && self.pass == Some(false)
     }
 }
 
@@ -163,6 +166,7 @@ fn cells(row: &Row) -> [String; 6] {
         Target::None => "-".into(),
         Target::AtMost(limit) => format!("≤ {} {}", number(limit), row.unit),
         Target::Exactly(expected) => format!("= {}", number(expected)),
+        Target::Within(limit) => format!("≤ {} (bound)", number(limit)),
         Target::RatioAtMost(limit) => format!("ratio ≤ {}", number(limit)),
         Target::RatioAtLeast(limit) => format!("ratio ≥ {}", number(limit)),
     };
