@@ -200,7 +200,8 @@ pub enum ChunkOutcome {
     /// Recipients are left (`report.unsent`); the lease is given up, so another invocation can
     /// go on at once.
     Unfinished(DeliveryReport),
-    /// Another invocation holds the chunk (a duplicate message): this one does nothing.
+    /// Another invocation holds a live lease on the chunk: nothing was sent. The message must
+    /// come back later (if the holder died, it may be the only copy of the chunk's message).
     Busy,
 }
 

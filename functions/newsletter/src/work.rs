@@ -29,6 +29,8 @@ pub enum WorkError {
     Store(#[from] StoreError),
     #[error("task {0} has no status record: its messages are not delivered")]
     UnknownTask(TaskId),
+    #[error("chunk {0} is leased to another invocation; this message is retried after it")]
+    Busy(String),
     #[error("none of the {0} recipient(s) left could be sent to; the message is retried later")]
     Stalled(usize),
 }
@@ -266,10 +268,11 @@ where
             );
         };
         match outcome {
-            ChunkOutcome::Busy => {
-                tracing::info!(chunk = %delivery.chunk_id, "another invocation holds this chunk; this copy is dropped");
-                Ok(())
-            }
+            // A duplicate of a message being worked on, or this very message back from a holder
+            // that died before its lease lapsed (a visibility timeout shorter than the lease):
+            // either way it must come back later, never be dropped. The template's visibility
+            // timeout (6 x the function timeout) is longer than any lease.
+            ChunkOutcome::Busy => Err(WorkError::Busy(delivery.chunk_id.clone())),
             ChunkOutcome::Finished(report) => {
                 log(&report, true);
                 self.complete_if_done(delivery.task_id).await
