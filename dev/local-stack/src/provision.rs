@@ -17,8 +17,8 @@ pub struct Settings {
     pub table_name: String,
     /// Seconds; the template sets 6× the worker timeout.
     pub visibility_timeout: u32,
-    /// Receives before SQS moves a message to the dead-letter queue (the worker's
-    /// `MAX_RECEIVE_COUNT` too).
+    /// Receives before SQS moves a message to the dead-letter queue (the template's
+    /// `Mappings.Constants.JobsQueue.MaxReceiveCount`).
     pub max_receive_count: u32,
     pub from_address: String,
     pub contact_list_name: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub queue_url: String,
-    /// The DynamoDB table of task status and recipient claims (`TABLE_NAME`).
+    /// The DynamoDB table of task status, page plans and chunk leases (`TABLE_NAME`).
     pub table_name: String,
     /// The jobs queue's dead-letter queue (`DEAD_LETTER_QUEUE_URL`), swept on a schedule to
     /// account for what reached it.

@@ -21,9 +21,6 @@ use serde::{Deserialize, Serialize};
 use ses::{SesContactList, SesMailer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The worker as deployed: SQS for the queue, SES v2 for contacts and mail, DynamoDB for tasks.
-pub type SesWorker = Worker<SqsQueue, SesContactList, SesMailer, DynamoStore>;
-
 /// What the function holds from init on.
 pub struct Function<Q, D, M, S, L> {
     pub worker: Worker<Q, D, M, S>,
