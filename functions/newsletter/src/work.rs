@@ -108,7 +108,8 @@ where
         let mut capacity = self.sender.capacity(&budget);
         let mut failed = Vec::new();
         let mut taken = Vec::new();
-        let mut handed_back = Vec::new();
+        // What does not fit, by position and message (kept apart to queue them without a copy).
+        let (mut handed_back, mut messages) = (Vec::new(), Vec::new());
         for (position, record) in records.iter().enumerate() {
             let message = match Message::decode(record.body) {
                 Ok(message) => message,
@@ -129,11 +130,11 @@ where
                 capacity = capacity.saturating_sub(sends);
                 taken.push((position, message));
             } else {
-                handed_back.push((position, message));
+                handed_back.push(position);
+                messages.push(message);
             }
         }
-        if !handed_back.is_empty() {
-            let messages: Vec<Message> = handed_back.iter().map(|(_, m)| m.clone()).collect();
+        if !messages.is_empty() {
             match self.queue.send_all(&messages).await {
                 Ok(()) => tracing::info!(
                     messages = messages.len(),
@@ -141,7 +142,7 @@ where
                 ),
                 Err(err) => {
                     tracing::error!(error = %err, "could not hand messages back; they are retried");
-                    failed.extend(handed_back.iter().map(|(position, _)| *position));
+                    failed.extend(handed_back);
                 }
             }
         }
