@@ -10,7 +10,6 @@
 
 use crate::events::PlannedTask;
 use anyhow::{Context, bail};
-use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use local_stack::event_source::Trigger;
 use local_stack::lambda_host::{
@@ -78,39 +77,6 @@ impl Scenario {
             max_in_flight: self.max_in_flight,
             configuration_set_name: None,
         }
-    }
-
-    /// The function's environment, as the template sets it, pointed at the local endpoints.
-    fn environment(
-        &self,
-        config: &worker::Config,
-        endpoints: &local_stack::Endpoints,
-    ) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoints)
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect();
-        env.extend(
-            [
-                ("QUEUE_URL", config.queue_url.clone()),
-                (
-                    "DEAD_LETTER_QUEUE_URL",
-                    config.dead_letter_queue_url.clone(),
-                ),
-                ("TABLE_NAME", config.table_name.clone()),
-                ("CONTACT_LIST_NAME", config.contact_list_name.clone()),
-                ("FROM_ADDRESS", config.from_address.clone()),
-                ("MAX_SEND_RATE", config.max_send_rate.to_string()),
-                ("MAX_CONCURRENCY", config.max_concurrency.to_string()),
-                ("MAX_IN_FLIGHT", config.max_in_flight.to_string()),
-                (
-                    "FUNCTION_TIMEOUT",
-                    config.function_timeout.as_secs().to_string(),
-                ),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
-        );
-        env
     }
 }
 
@@ -199,7 +165,7 @@ async fn run_on(
     let _ = std::fs::remove_file(&log);
     let mut function = FunctionConfig::new("worker", stack.worker, &log)
         .timeout(scenario.function_timeout)
-        .env(scenario.environment(&config, &endpoints));
+        .env(local_stack::worker_environment(&config, &endpoints));
     function.memory_size_mb = scenario.memory_size_mb;
     let options = HostOptions {
         max_concurrency: scenario.max_concurrency as usize,
@@ -285,41 +251,14 @@ impl Queues {
         stack: &Stack<'_>,
         scenario: &Scenario,
     ) -> anyhow::Result<Self> {
-        let dead_letters = sqs
-            .create_queue()
-            .queue_name(format!("bench-{}-dlq", scenario.name))
-            .send()
-            .await?
-            .queue_url
-            .context("no dead-letter queue URL")?;
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dead_letters)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await?
-            .attributes
-            .and_then(|mut attributes| attributes.remove(&QueueAttributeName::QueueArn))
-            .context("no dead-letter queue ARN")?;
-        let redrive_policy = serde_json::json!({
-            "deadLetterTargetArn": arn,
-            "maxReceiveCount": stack.settings.max_receive_count,
-        });
-        let jobs = sqs
-            .create_queue()
-            .queue_name(format!("bench-{}-jobs", scenario.name))
-            .attributes(
-                QueueAttributeName::VisibilityTimeout,
-                scenario.visibility_timeout.as_secs().to_string(),
-            )
-            .attributes(
-                QueueAttributeName::RedrivePolicy,
-                redrive_policy.to_string(),
-            )
-            .send()
-            .await?
-            .queue_url
-            .context("no jobs queue URL")?;
+        let queues = local_stack::provision::create_queues(
+            sqs,
+            &format!("bench-{}-jobs", scenario.name),
+            scenario.visibility_timeout.as_secs() as u32,
+            stack.settings.max_receive_count,
+        )
+        .await?;
+        let (jobs, dead_letters) = (queues.queue_url, queues.dead_letter_queue_url);
         Ok(Self { jobs, dead_letters })
     }
 

@@ -36,9 +36,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// `moto_env` sets the local SES's fault injection (see `dev/moto_server.py`). The table name gets
 /// a suffix that makes it unique among the test process's apps (`app.settings` has it).
-pub async fn spawn_app_with(mut settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
-    settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
+pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
     let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
+    spawn_on(settings, moto_env, dynamodb).await
+}
+
+/// The app on a moto server of its own and the DynamoDB endpoint `dynamodb` (DynamoDB Local, or
+/// a proxy in front of it), with a table of its own there.
+async fn spawn_on(mut settings: Settings, moto_env: &[(&str, &str)], dynamodb: String) -> TestApp {
+    settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
     let moto = MotoServer::start_with_env(0, moto_env).expect("local AWS server starts");
     let endpoint = moto.endpoint();
     let aws = local_stack::sdk_config(&Endpoints {
@@ -288,52 +294,13 @@ impl TestApp {
 ///
 /// [`DynamoDbProxy`]: local_stack::dynamodb_proxy::DynamoDbProxy
 pub async fn spawn_app_behind_dynamodb_proxy(
-    mut settings: Settings,
+    settings: Settings,
 ) -> (TestApp, local_stack::dynamodb_proxy::DynamoDbProxy) {
-    settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
     let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
     let proxy = local_stack::dynamodb_proxy::DynamoDbProxy::start(&dynamodb)
         .await
         .expect("the DynamoDB proxy starts");
-    let moto = MotoServer::start_with_env(0, &[]).expect("local AWS server starts");
-    let endpoint = moto.endpoint();
-    let aws = local_stack::sdk_config(&Endpoints {
-        aws: endpoint.clone(),
-        dynamodb: proxy.endpoint(),
-    })
-    .await;
-    let stack = local_stack::provision(&aws, &settings)
-        .await
-        .expect("local AWS is provisioned");
-    let sqs = aws_sdk_sqs::Client::new(&aws);
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &settings.table_name);
-    let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url), store.clone());
-    let config = Config {
-        queue_url: stack.queue_url.clone(),
-        table_name: settings.table_name.clone(),
-        dead_letter_queue_url: stack.dead_letter_queue_url.clone(),
-        function_timeout: Duration::from_secs(60),
-        contact_list_name: settings.contact_list_name.clone(),
-        from_address: settings.from_address.clone(),
-        max_send_rate: 1000.0,
-        max_concurrency: 1,
-        max_in_flight: 16,
-        configuration_set_name: None,
-    };
-    let worker = InProcessWorker {
-        function: worker::build(&config, &aws).expect("the worker's configuration is valid"),
-        events: Mutex::default(),
-    };
+    let app = spawn_on(settings, &[], proxy.endpoint()).await;
     proxy.reset_stats();
-    let app = TestApp {
-        sqs,
-        stack,
-        settings,
-        accept,
-        store,
-        worker,
-        endpoint,
-        _moto: moto,
-    };
     (app, proxy)
 }

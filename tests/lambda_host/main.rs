@@ -71,38 +71,20 @@ impl Run {
         }
     }
 
-    /// The worker's environment, as the template sets it, pointed at the local endpoints.
-    fn worker_environment(
-        &self,
-        endpoints: &Endpoints,
-        settings: &Settings,
-        provisioned: &Provisioned,
-    ) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoints)
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect();
-        env.extend(
-            [
-                ("QUEUE_URL", provisioned.queue_url.clone()),
-                (
-                    "DEAD_LETTER_QUEUE_URL",
-                    provisioned.dead_letter_queue_url.clone(),
-                ),
-                ("TABLE_NAME", settings.table_name.clone()),
-                ("CONTACT_LIST_NAME", settings.contact_list_name.clone()),
-                ("FROM_ADDRESS", settings.from_address.clone()),
-                ("MAX_SEND_RATE", self.max_send_rate.to_string()),
-                ("MAX_CONCURRENCY", self.max_concurrency.to_string()),
-                ("MAX_IN_FLIGHT", "16".into()),
-                (
-                    "FUNCTION_TIMEOUT",
-                    self.function_timeout.as_secs().to_string(),
-                ),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
-        );
-        env
+    /// The worker's configuration for this run, as the template would set it.
+    fn worker_config(&self, settings: &Settings, provisioned: &Provisioned) -> worker::Config {
+        worker::Config {
+            queue_url: provisioned.queue_url.clone(),
+            dead_letter_queue_url: provisioned.dead_letter_queue_url.clone(),
+            table_name: settings.table_name.clone(),
+            contact_list_name: settings.contact_list_name.clone(),
+            from_address: settings.from_address.clone(),
+            max_send_rate: self.max_send_rate,
+            max_concurrency: self.max_concurrency as u32,
+            max_in_flight: 16,
+            function_timeout: self.function_timeout,
+            configuration_set_name: None,
+        }
     }
 
     async fn deliver(&self) -> Delivered {
@@ -160,7 +142,10 @@ impl Run {
         };
         let mut function = FunctionConfig::new("worker", &bootstrap, &log)
             .timeout(self.function_timeout)
-            .env(self.worker_environment(&endpoints, &settings, &provisioned));
+            .env(local_stack::worker_environment(
+                &self.worker_config(&settings, &provisioned),
+                &endpoints,
+            ));
         function.memory_size_mb = 256;
         let options = HostOptions {
             max_concurrency: self.max_concurrency,

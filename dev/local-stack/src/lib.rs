@@ -140,3 +140,39 @@ pub async fn drain_queue(
 pub fn repository_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// The environment the template gives the worker for `config`, with the SDK pointed at
+/// `endpoints`: what a worker bootstrap run locally (under the Lambda host) needs.
+pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = sdk_environment(endpoints)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    env.extend(
+        [
+            ("QUEUE_URL", config.queue_url.clone()),
+            (
+                "DEAD_LETTER_QUEUE_URL",
+                config.dead_letter_queue_url.clone(),
+            ),
+            ("TABLE_NAME", config.table_name.clone()),
+            ("CONTACT_LIST_NAME", config.contact_list_name.clone()),
+            ("FROM_ADDRESS", config.from_address.clone()),
+            ("MAX_SEND_RATE", config.max_send_rate.to_string()),
+            ("MAX_CONCURRENCY", config.max_concurrency.to_string()),
+            ("MAX_IN_FLIGHT", config.max_in_flight.to_string()),
+            (
+                "FUNCTION_TIMEOUT",
+                config.function_timeout.as_secs().to_string(),
+            ),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    env.extend(
+        config
+            .configuration_set_name
+            .iter()
+            .map(|set| ("CONFIGURATION_SET_NAME".to_owned(), set.clone())),
+    );
+    env
+}

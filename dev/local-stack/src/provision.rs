@@ -52,44 +52,13 @@ pub async fn provision(
     settings: &Settings,
 ) -> anyhow::Result<Provisioned> {
     let sqs = aws_sdk_sqs::Client::new(config);
-    let dead_letter_queue_url = sqs
-        .create_queue()
-        .queue_name(format!("{}-dlq", settings.queue_name))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-        .send()
-        .await
-        .context("creating the dead-letter queue")?
-        .queue_url
-        .context("no dead-letter queue URL")?;
-    let dead_letter_queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dead_letter_queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes
-        .and_then(|mut attributes| attributes.remove(&QueueAttributeName::QueueArn))
-        .context("no dead-letter queue ARN")?;
-    let redrive_policy = serde_json::json!({
-        "deadLetterTargetArn": dead_letter_queue_arn,
-        "maxReceiveCount": settings.max_receive_count,
-    });
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(&settings.queue_name)
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            settings.visibility_timeout.to_string(),
-        )
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            redrive_policy.to_string(),
-        )
-        .send()
-        .await
-        .context("creating the jobs queue")?
-        .queue_url
-        .context("no jobs queue URL")?;
+    let queues = create_queues(
+        &sqs,
+        &settings.queue_name,
+        settings.visibility_timeout,
+        settings.max_receive_count,
+    )
+    .await?;
 
     let ses = aws_sdk_sesv2::Client::new(config);
     ses.create_email_identity()
@@ -110,6 +79,55 @@ pub async fn provision(
 
     create_tasks_table(&aws_sdk_dynamodb::Client::new(config), &settings.table_name).await?;
 
+    Ok(queues)
+}
+
+/// The jobs queue `name` and its dead-letter queue (`<name>-dlq`, 14 days' retention), with the
+/// template's redrive policy after `max_receive_count` receives.
+pub async fn create_queues(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_timeout: u32,
+    max_receive_count: u32,
+) -> anyhow::Result<Provisioned> {
+    let dead_letter_queue_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .context("creating the dead-letter queue")?
+        .queue_url
+        .context("no dead-letter queue URL")?;
+    let dead_letter_queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dead_letter_queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut attributes| attributes.remove(&QueueAttributeName::QueueArn))
+        .context("no dead-letter queue ARN")?;
+    let redrive_policy = serde_json::json!({
+        "deadLetterTargetArn": dead_letter_queue_arn,
+        "maxReceiveCount": max_receive_count,
+    });
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_timeout.to_string(),
+        )
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            redrive_policy.to_string(),
+        )
+        .send()
+        .await
+        .context("creating the jobs queue")?
+        .queue_url
+        .context("no jobs queue URL")?;
     Ok(Provisioned {
         queue_url,
         dead_letter_queue_url,
