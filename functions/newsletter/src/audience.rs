@@ -48,7 +48,7 @@ impl Audience {
 
     /// Topics of this newsletter that no list topic matches: their sections reach only contacts
     /// who chose them explicitly, which SES does not allow, so in practice nobody.
-    pub fn unknown_topics(&self) -> Vec<&Topic> {
+    pub fn unmatched_topics(&self) -> Vec<&Topic> {
         self.topics
             .iter()
             .filter(|topic| !self.defaults.0.contains_key(topic.as_str()))
@@ -182,7 +182,7 @@ mod tests {
             defaults(&[("rust", OptIn)]),
         );
         let unknown: Vec<&str> = audience
-            .unknown_topics()
+            .unmatched_topics()
             .iter()
             .map(|t| t.as_str())
             .collect();

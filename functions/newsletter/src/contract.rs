@@ -40,6 +40,7 @@ macro_rules! store_contract {
             two_invocations_leasing_one_chunk_at_once_get_one_lease,
             chunks_closing_at_once_count_every_recipient,
             idempotency_keys_are_reserved_once,
+            topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -79,6 +80,7 @@ fn plan(page: u32, per_chunk: &[usize], contacts: u64, last: bool) -> PagePlan {
         skipped: contacts - recipients,
         invalid_addresses: 0,
         next_token: (!last).then(|| format!("token-{}", page + 1)),
+        unmatched_topics: Vec::new(),
     }
 }
 
@@ -244,10 +246,7 @@ pub async fn planning_is_done_at_the_last_page_and_a_failed_page_stops_it_until_
     );
 
     // Page 1's job reached the dead-letter queue without being planned: planning stops there.
-    let failure = PartFailure {
-        part: PartFailure::planning_part(1),
-        error: "reached the dead-letter queue".into(),
-    };
+    let failure = PartFailure::planning(1);
     store
         .record_failure(task_id, failure.clone(), Some(1))
         .await
@@ -418,10 +417,7 @@ pub async fn a_dead_lettered_chunk_counts_the_rest_failed_once_and_a_redrive_sen
         .await
         .unwrap();
 
-    let failure = PartFailure {
-        part: PartFailure::delivery_part("p0-c0"),
-        error: "reached the dead-letter queue".into(),
-    };
+    let failure = PartFailure::delivery("p0-c0");
     for _ in 0..2 {
         // Every sweep sees the message again: it is accounted once.
         assert_eq!(
@@ -475,10 +471,7 @@ pub async fn a_live_lease_keeps_a_chunk_from_being_dead_lettered(store: &impl St
     let task_id = planned_task(store, 2).await;
     let by = live("a");
     held(store, task_id, "p0-c0", 2, &by).await;
-    let failure = PartFailure {
-        part: PartFailure::delivery_part("p0-c0"),
-        error: "reached the dead-letter queue".into(),
-    };
+    let failure = PartFailure::delivery("p0-c0");
     assert_eq!(
         store
             .fail_unsettled(task_id, "p0-c0", 2, failure)
@@ -598,4 +591,29 @@ pub async fn idempotency_keys_are_reserved_once(store: &impl Store) {
         Reservation::New,
         "a released key is free again"
     );
+}
+
+pub async fn topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan(store: &impl Store) {
+    let task_id = new_task(store).await;
+    assert!(task(store, task_id).await.unmatched_topics.is_empty());
+    let unmatched = vec![
+        Topic::parse("cobol").unwrap(),
+        Topic::parse("fortran").unwrap(),
+    ];
+    for (page, last) in [(0, false), (1, true)] {
+        let page_plan = PagePlan {
+            unmatched_topics: unmatched.clone(),
+            ..plan(page, &[2], 3, last)
+        };
+        store.record_page(task_id, page_plan).await.unwrap();
+    }
+    assert_eq!(
+        task(store, task_id).await.unmatched_topics,
+        ["cobol", "fortran"],
+        "in the newsletter's order, once"
+    );
+    match store.page_state(task_id, 1).await.unwrap() {
+        PageState::Planned(stored) => assert_eq!(stored.unmatched_topics, unmatched),
+        other => panic!("page 1 is planned, not {other:?}"),
+    }
 }

@@ -17,9 +17,9 @@ use crate::domain::{EmailAddress, TaskId, Topic};
 use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
-    PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus, TaskStore,
-    epoch_millis, epoch_seconds,
+    Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
+    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
+    TaskStore, epoch_millis, epoch_seconds,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -181,9 +181,9 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
         Some(Ok(parts)) => {
             let mut failures: Vec<PartFailure> = parts
                 .iter()
-                .map(|(part, error)| PartFailure {
+                .map(|(part, code)| PartFailure {
                     part: part.clone(),
-                    error: error.as_s().cloned().unwrap_or_default(),
+                    code: failure_code(part, code),
                 })
                 .collect();
             failures.sort_by(|a, b| a.part.cmp(&b.part));
@@ -204,8 +204,29 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
         },
         planning_done: item.contains_key("page_count")
             && number(item, "page_count") == number(item, "pages_planned"),
+        unmatched_topics: item
+            .get("unmatched_topics")
+            .and_then(|value| value.as_l().ok())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_s().ok().cloned())
+                    .collect()
+            })
+            .unwrap_or_default(),
         failures,
     })
+}
+
+/// A failure's stored code. Items written before codes existed hold a sentence: their part's
+/// name tells which failure it was.
+fn failure_code(part: &str, stored: &AttributeValue) -> FailureCode {
+    match stored.as_s().ok().and_then(|raw| FailureCode::parse(raw)) {
+        Some(code) => code,
+        None if part.starts_with("delivery ") => FailureCode::DeliveryDeadLettered,
+        None if part.starts_with("planning ") => FailureCode::PlanningDeadLettered,
+        None => FailureCode::MessageUnreadable,
+    }
 }
 
 fn reservation(item: &Item) -> Option<Reservation> {
@@ -257,6 +278,8 @@ struct StoredPlan {
     skipped: u64,
     invalid_addresses: u64,
     next_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unmatched_topics: Vec<Topic>,
 }
 
 fn encode_plan(plan: &PagePlan) -> Result<String, StoreError> {
@@ -288,6 +311,7 @@ fn encode_plan(plan: &PagePlan) -> Result<String, StoreError> {
         skipped: plan.skipped,
         invalid_addresses: plan.invalid_addresses,
         next_token: plan.next_token.clone(),
+        unmatched_topics: plan.unmatched_topics.clone(),
     };
     serde_json::to_string(&stored).map_err(|err| StoreError(err.to_string()))
 }
@@ -324,6 +348,7 @@ fn decode_plan(page: u32, raw: &str) -> Result<PagePlan, StoreError> {
         skipped: stored.skipped,
         invalid_addresses: stored.invalid_addresses,
         next_token: stored.next_token,
+        unmatched_topics: stored.unmatched_topics,
     })
 }
 
@@ -390,7 +415,7 @@ impl TaskStore for DynamoStore {
         failure: PartFailure,
         stops_planning_at: Option<u32>,
     ) -> Result<(), StoreError> {
-        let mut update = "SET failures.#part = :error, updated_at = :now".to_owned();
+        let mut update = "SET failures.#part = :code, updated_at = :now".to_owned();
         if stops_planning_at.is_some() {
             update.push_str(", page_count = if_not_exists(page_count, :page)");
         }
@@ -402,7 +427,7 @@ impl TaskStore for DynamoStore {
             .update_expression(update)
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#part", failure.part)
-            .expression_attribute_values(":error", s(failure.error))
+            .expression_attribute_values(":code", s(failure.code.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()));
         if let Some(page) = stops_planning_at {
             request = request.expression_attribute_values(":page", n(page));
@@ -581,11 +606,17 @@ impl PlanStore for DynamoStore {
         } else {
             (TaskStatus::Planning, " REMOVE page_count, failures.#part")
         };
+        // The same on every page (one contact list): recorded with the counts, at no extra write.
+        let unmatched = if plan.unmatched_topics.is_empty() {
+            ""
+        } else {
+            ", unmatched_topics = :unmatched"
+        };
         let mut counts = self
             .update(task_key(task_id))
             .update_expression(format!(
                 "ADD planned :planned, skipped :skipped, failed :failed, pages_planned :one \
-                 SET #status = :status, updated_at = :now{pages}"
+                 SET #status = :status, updated_at = :now{unmatched}{pages}"
             ))
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#status", "status")
@@ -598,6 +629,11 @@ impl PlanStore for DynamoStore {
             .expression_attribute_values(":now", s(now_rfc3339()));
         if plan.is_last() {
             counts = counts.expression_attribute_values(":page_count", n(plan.page + 1));
+        }
+        if !plan.unmatched_topics.is_empty() {
+            let names = plan.unmatched_topics.iter().map(|topic| s(topic.as_str()));
+            counts = counts
+                .expression_attribute_values(":unmatched", AttributeValue::L(names.collect()));
         }
         let counts = counts.build().map_err(build_error)?;
         match self
@@ -967,13 +1003,13 @@ impl ChunkStore for DynamoStore {
         let task = self
             .update(task_key(task_id))
             .update_expression(
-                "ADD sent :sent, failed :failed SET updated_at = :now, failures.#part = :error",
+                "ADD sent :sent, failed :failed SET updated_at = :now, failures.#part = :code",
             )
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#part", failure.part)
             .expression_attribute_values(":sent", n(totals.0 as i64 - progress.counted.0 as i64))
             .expression_attribute_values(":failed", n(totals.1 as i64 - progress.counted.1 as i64))
-            .expression_attribute_values(":error", s(failure.error))
+            .expression_attribute_values(":code", s(failure.code.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .build()
             .map_err(build_error)?;

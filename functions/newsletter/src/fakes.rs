@@ -13,8 +13,9 @@ use crate::planning::PagePlan;
 use crate::queue::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
 use crate::render::RenderedEmail;
 use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
-    PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus, TaskStore,
+    Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
+    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
+    TaskStore,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -252,7 +253,7 @@ struct Records {
 #[derive(Debug, Clone)]
 struct StoredTask {
     record: TaskRecord,
-    failures: BTreeMap<String, String>,
+    failures: BTreeMap<String, FailureCode>,
     pages_planned: u32,
     /// Pages in all, once known (the last page is planned, or planning stopped).
     page_count: Option<u32>,
@@ -343,9 +344,9 @@ impl StoredTask {
         record.failures = self
             .failures
             .iter()
-            .map(|(part, error)| PartFailure {
+            .map(|(part, code)| PartFailure {
                 part: part.clone(),
-                error: error.clone(),
+                code: *code,
             })
             .collect();
         record
@@ -379,6 +380,7 @@ impl TaskStore for MemoryStore {
             updated_at: "2026-11-25T10:00:00Z".into(),
             recipients: Recipients::default(),
             planning_done: false,
+            unmatched_topics: Vec::new(),
             failures: Vec::new(),
         };
         records.tasks.insert(
@@ -410,7 +412,7 @@ impl TaskStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut records = self.records()?;
         let task = records.task(task_id)?;
-        task.failures.insert(failure.part, failure.error);
+        task.failures.insert(failure.part, failure.code);
         if let Some(page) = stops_planning_at {
             task.page_count.get_or_insert(page);
         }
@@ -494,6 +496,9 @@ impl PlanStore for MemoryStore {
         task.pages_planned += 1;
         task.page_count = plan.is_last().then_some(plan.page + 1);
         task.failures.remove(&PartFailure::planning_part(plan.page));
+        if !plan.unmatched_topics.is_empty() {
+            task.record.unmatched_topics = topic_names(&plan.unmatched_topics);
+        }
         task.record.status = if plan.is_last() {
             TaskStatus::Sending
         } else {
@@ -629,7 +634,7 @@ impl ChunkStore for MemoryStore {
         let (sent, failed) = delta(chunk.progress.counted, totals);
         task.add(sent, failed);
         if !chunk.progress.failed.is_empty() {
-            task.failures.insert(failure.part, failure.error);
+            task.failures.insert(failure.part, failure.code);
         }
         chunk.progress.counted = totals;
         chunk.holder = None;
@@ -817,4 +822,11 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
 #[cfg(test)]
 mod contract {
     crate::store_contract!(super::MemoryStore::default());
+}
+
+fn topic_names(topics: &[crate::domain::Topic]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|topic| topic.as_str().to_owned())
+        .collect()
 }

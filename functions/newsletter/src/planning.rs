@@ -2,6 +2,7 @@
 //! for one invocation, with ids that a retried plan reproduces.
 
 use crate::audience::{Audience, Contact, Skip};
+use crate::domain::Topic;
 use crate::message::{Delivery, Job, Message, PlanCursor, Recipient};
 
 /// SQS's classic message size limit (the queue's `MaximumMessageSize` default). Every message
@@ -29,6 +30,9 @@ pub struct PagePlan {
     pub invalid_addresses: u64,
     /// The token of the next page, if there is one.
     pub next_token: Option<String>,
+    /// Topics of the newsletter that no topic of the contact list matches: their sections reach
+    /// nobody. Recorded on the task, so its status says so.
+    pub unmatched_topics: Vec<Topic>,
 }
 
 /// The id of chunk `index` of page `page`: deterministic, so a retried plan reuses it.
@@ -88,6 +92,7 @@ pub fn plan_page(
     let mut plan = PagePlan {
         page: job.cursor.as_ref().map_or(0, |cursor| cursor.page),
         next_token,
+        unmatched_topics: audience.unmatched_topics().into_iter().cloned().collect(),
         ..PagePlan::default()
     };
     let mut recipients = Vec::new();

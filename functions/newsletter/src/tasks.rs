@@ -66,22 +66,102 @@ impl Recipients {
     }
 }
 
-/// A part of a task that ended in the dead-letter queue, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A part of a task that ended in the dead-letter queue, and why, as a stable code. Callers see
+/// the code and its short message (`GET /newsletters/{id}`); the raw error stays in the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartFailure {
     pub part: String,
-    pub error: String,
+    pub code: FailureCode,
+}
+
+/// Why a part failed. The names are part of the API (README, `openapi.yaml`): never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// A chunk's message kept failing and reached the dead-letter queue: its unsent recipients
+    /// count as failed until a redrive sends them.
+    DeliveryDeadLettered,
+    /// A page of the contact list could not be planned: planning stopped before it.
+    PlanningDeadLettered,
+    /// A message in the dead-letter queue could not be read; it names this task.
+    MessageUnreadable,
+}
+
+impl FailureCode {
+    const ALL: [Self; 3] = [
+        Self::DeliveryDeadLettered,
+        Self::PlanningDeadLettered,
+        Self::MessageUnreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DeliveryDeadLettered => "delivery_dead_lettered",
+            Self::PlanningDeadLettered => "planning_dead_lettered",
+            Self::MessageUnreadable => "message_unreadable",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.as_str() == raw)
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::DeliveryDeadLettered => {
+                "a delivery kept failing and reached the dead-letter queue; its unsent recipients count as failed until it is redriven"
+            }
+            Self::PlanningDeadLettered => {
+                "a page of the contact list could not be planned; planning stopped before it"
+            }
+            Self::MessageUnreadable => "a message of this task could not be read",
+        }
+    }
 }
 
 impl PartFailure {
-    /// The name under which a delivery chunk's failure is recorded (and cleared by a redrive).
+    /// A delivery chunk's failure (cleared by a redrive that sends its recipients).
+    pub fn delivery(chunk_id: &str) -> Self {
+        Self {
+            part: Self::delivery_part(chunk_id),
+            code: FailureCode::DeliveryDeadLettered,
+        }
+    }
+
+    /// A planning step's failure (cleared by a redrive that plans the page).
+    pub fn planning(page: u32) -> Self {
+        Self {
+            part: Self::planning_part(page),
+            code: FailureCode::PlanningDeadLettered,
+        }
+    }
+
+    pub fn unreadable() -> Self {
+        Self {
+            part: "unreadable message".into(),
+            code: FailureCode::MessageUnreadable,
+        }
+    }
+
+    /// The name under which a delivery chunk's failure is recorded.
     pub fn delivery_part(chunk_id: &str) -> String {
         format!("delivery {chunk_id}")
     }
 
-    /// The name under which a planning step's failure is recorded (and cleared by a redrive).
+    /// The name under which a planning step's failure is recorded.
     pub fn planning_part(page: u32) -> String {
         format!("planning page {page}")
+    }
+}
+
+impl Serialize for PartFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut failure = serializer.serialize_struct("PartFailure", 3)?;
+        failure.serialize_field("part", &self.part)?;
+        failure.serialize_field("code", &self.code)?;
+        failure.serialize_field("message", self.code.message())?;
+        failure.end()
     }
 }
 
@@ -95,6 +175,10 @@ pub struct TaskRecord {
     /// Every page is planned (or planning stopped for good at a dead-lettered page).
     #[serde(skip)]
     pub planning_done: bool,
+    /// Topics of the newsletter that no topic of the contact list matches (their sections
+    /// reached nobody), in the newsletter's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched_topics: Vec<String>,
     /// By part, in the part's name order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<PartFailure>,
@@ -397,6 +481,7 @@ mod tests {
                 failed,
             },
             planning_done,
+            unmatched_topics: Vec::new(),
             failures: Vec::new(),
         }
     }
@@ -434,10 +519,7 @@ mod tests {
     #[test]
     fn a_failed_part_makes_the_completion_one_with_errors() {
         let mut task = record(10, 7, 3, 0, true);
-        task.failures.push(PartFailure {
-            part: "delivery p0-c1".into(),
-            error: "poison".into(),
-        });
+        task.failures.push(PartFailure::delivery("p0-c1"));
         assert_eq!(task.completion(), Some(TaskStatus::CompletedWithErrors));
     }
 
@@ -454,5 +536,21 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn failures_show_a_stable_code_and_its_message_never_raw_error_text() {
+        for code in FailureCode::ALL {
+            assert_eq!(FailureCode::parse(code.as_str()), Some(code));
+        }
+        let shown = serde_json::to_value(PartFailure::planning(3)).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({
+                "part": "planning page 3",
+                "code": "planning_dead_lettered",
+                "message": FailureCode::PlanningDeadLettered.message(),
+            })
+        );
     }
 }

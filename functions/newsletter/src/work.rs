@@ -198,7 +198,7 @@ where
     /// Reads the page the job points at and plans it.
     async fn read_page(&self, job: &Job) -> Result<PagePlan, WorkError> {
         let audience = Audience::new(&job.newsletter, self.directory.topic_defaults().await?);
-        let unknown = audience.unknown_topics();
+        let unknown = audience.unmatched_topics();
         if !unknown.is_empty() {
             tracing::warn!(topics = ?unknown, "no topic of the contact list matches; these sections reach nobody");
         }
@@ -377,10 +377,9 @@ where
                 if self.store.get(salvaged.task_id).await?.is_none() {
                     return Ok(true);
                 }
-                let failure = PartFailure {
-                    part: "unreadable message".into(),
-                    error: WorkError::from(err).to_string(),
-                };
+                // The reason stays in the log; the task shows a code.
+                tracing::warn!(task_id = %salvaged.task_id, error = %WorkError::from(err), "unreadable dead letter");
+                let failure = PartFailure::unreadable();
                 self.store
                     .record_failure(salvaged.task_id, failure, salvaged.job_page)
                     .await?;
@@ -397,10 +396,7 @@ where
             }
             match &message {
                 Message::Delivery(delivery) => {
-                    let failure = PartFailure {
-                        part: PartFailure::delivery_part(&delivery.chunk_id),
-                        error: "reached the dead-letter queue after its retries".into(),
-                    };
+                    let failure = PartFailure::delivery(&delivery.chunk_id);
                     let accounting = self
                         .store
                         .fail_unsettled(
@@ -421,10 +417,7 @@ where
                         return self.enqueue_page(job, &plan).await.map(|()| true);
                     }
                     PageState::Unplanned => {
-                        let failure = PartFailure {
-                            part: PartFailure::planning_part(job.page()),
-                            error: "reached the dead-letter queue after its retries".into(),
-                        };
+                        let failure = PartFailure::planning(job.page());
                         self.store
                             .record_failure(task_id, failure, Some(job.page()))
                             .await?;

@@ -294,6 +294,26 @@ async fn each_subscriber_gets_one_email_with_exactly_their_sections_and_the_task
 }
 
 #[tokio::test]
+async fn topics_no_list_topic_matches_are_named_on_the_task() {
+    let pages = vec![vec![contact("reader@x.io", &[])]];
+    let worker = worker(directory(pages), RecordingMailer::default());
+    let job = job(&worker, &["cobol", "rust", "fortran"]).await;
+
+    run_to_completion(&worker, job.clone()).await;
+
+    let done = task(&worker, job.task_id()).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.unmatched_topics, ["cobol", "fortran"]);
+    assert_eq!(
+        sent_to(&worker),
+        ["reader@x.io"],
+        "the rust section still goes out"
+    );
+    let shown = serde_json::to_value(&done).unwrap();
+    assert_eq!(shown["unmatched_topics"], json!(["cobol", "fortran"]));
+}
+
+#[tokio::test]
 async fn a_single_topic_job_asks_for_the_filter_and_still_filters_itself() {
     // The directory ignores the filter (as the local SES does) and returns an opted-out contact.
     let pages = vec![vec![
