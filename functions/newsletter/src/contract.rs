@@ -11,14 +11,14 @@ use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
-    PlanStore, Recipients, Reservation, Settled, TaskStatus, TaskStore,
+    PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled, TaskStatus, TaskStore,
 };
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 /// Everything the worker and the accept function need of a store.
-pub trait Store: TaskStore + IdempotencyStore + PlanStore + ChunkStore {}
-impl<S: TaskStore + IdempotencyStore + PlanStore + ChunkStore> Store for S {}
+pub trait Store: TaskStore + IdempotencyStore + PlanStore + ChunkStore + PauseStore {}
+impl<S: TaskStore + IdempotencyStore + PlanStore + ChunkStore + PauseStore> Store for S {}
 
 /// One test per scenario, for the store `$make` builds (an expression, awaited if `async`).
 #[macro_export]
@@ -41,6 +41,7 @@ macro_rules! store_contract {
             chunks_closing_at_once_count_every_recipient,
             idempotency_keys_are_reserved_once,
             topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan,
+            a_paused_task_parks_its_chunks_until_it_is_resumed,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -616,4 +617,90 @@ pub async fn topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan(st
         PageState::Planned(stored) => assert_eq!(stored.unmatched_topics, unmatched),
         other => panic!("page 1 is planned, not {other:?}"),
     }
+}
+
+pub async fn a_paused_task_parks_its_chunks_until_it_is_resumed(store: &impl Store) {
+    let accepted = new_task(store).await;
+    assert!(
+        !store
+            .pause(accepted, PauseCode::SendingPaused)
+            .await
+            .unwrap(),
+        "only a planning or sending task pauses"
+    );
+    let task_id = new_task(store).await;
+    store
+        .record_page(task_id, plan(0, &[2, 2], 4, false))
+        .await
+        .unwrap();
+    assert!(
+        !store.park(task_id, "p0-c0", "m0").await.unwrap(),
+        "nothing parks while the task is not paused"
+    );
+
+    assert!(
+        store
+            .pause(task_id, PauseCode::SenderNotVerified)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .pause(task_id, PauseCode::DailyQuotaExceeded)
+            .await
+            .unwrap(),
+        "paused once: the first reason stays"
+    );
+    assert!(store.park(task_id, "p0-c1", "m1").await.unwrap());
+    assert!(store.park(task_id, "p0-c0", "m0").await.unwrap());
+    assert!(store.park(task_id, "p0-c0", "m0 again").await.unwrap());
+    // Planning goes on while sending is paused, and does not resume it.
+    store
+        .record_page(task_id, plan(1, &[1], 1, true))
+        .await
+        .unwrap();
+    let paused = task(store, task_id).await;
+    assert_eq!(paused.status, TaskStatus::Paused);
+    assert_eq!(
+        paused.pause.map(|pause| pause.code),
+        Some(PauseCode::SenderNotVerified)
+    );
+    assert_eq!(paused.recipients.planned, 5, "counted while paused");
+    let parked = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(chunk, message)| (chunk.to_string(), message.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        store.parked(task_id).await.unwrap(),
+        parked(&[("p0-c0", "m0 again"), ("p0-c1", "m1")])
+    );
+
+    assert!(store.unpause(task_id).await.unwrap());
+    assert!(!store.unpause(task_id).await.unwrap(), "resumed once");
+    let resumed = task(store, task_id).await;
+    assert_eq!(resumed.status, TaskStatus::Sending);
+    assert_eq!(resumed.pause, None);
+    assert!(
+        !store.park(task_id, "p1-c0", "m2").await.unwrap(),
+        "no parking once resumed"
+    );
+    assert_eq!(
+        store.parked(task_id).await.unwrap().len(),
+        2,
+        "kept until unparked"
+    );
+    store.unpark(task_id, "p0-c0").await.unwrap();
+    store.unpark(task_id, "p0-c0").await.unwrap();
+    assert_eq!(
+        store.parked(task_id).await.unwrap(),
+        parked(&[("p0-c1", "m1")])
+    );
+    let ghost = TaskId::generate();
+    store.unpark(ghost, "p0-c0").await.unwrap();
+    assert!(
+        store.get(ghost).await.unwrap().is_none(),
+        "unparking creates no task"
+    );
 }

@@ -2,10 +2,10 @@
 //! concurrently, under the account's send rate, starting nothing that cannot finish (and be
 //! recorded) before the invocation's deadline, and recording who was sent what in small groups.
 
-use crate::domain::{EmailAddress, Topic};
+use crate::domain::{EmailAddress, RecipientRefs, Topic};
 use crate::message::{Delivery, Recipient};
 use crate::render::{RenderedEmail, render};
-use crate::tasks::{ChunkProgress, ChunkStore, Holder, Lease, Settled, StoreError};
+use crate::tasks::{ChunkProgress, ChunkStore, Holder, Lease, PauseCode, Settled, StoreError};
 use futures::future::OptionFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pace::AdaptiveRate;
@@ -41,6 +41,11 @@ pub const SETTLE_RESERVE: Duration = Duration::from_secs(3);
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
 /// Added to a lease's lapse, against clock skew between Lambda hosts.
 const LEASE_SKEW: Duration = Duration::from_secs(2);
+
+/// Account-wide refusals in a row (no email sent or rejected in between) after which the chunk
+/// stops and its task pauses: few enough that a broken account costs a handful of calls, more
+/// than one so that a single odd answer does not pause a campaign.
+pub const ACCOUNT_FAILURES_TO_PAUSE: usize = 3;
 
 /// Tries of one email that fails transiently (a timeout, a 5xx) before it is left owed.
 const TRANSIENT_ATTEMPTS: u32 = 3;
@@ -131,9 +136,13 @@ pub enum SendError {
     /// The account's send rate is exceeded: slow down and send again.
     #[error("throttled: {0}")]
     Throttled(String),
-    /// Timed out, a server error, sending paused: worth another try later.
+    /// Timed out, a server error: worth another try later.
     #[error("not sent, retryable: {0}")]
     Transient(String),
+    /// SES refuses every email of the account, whoever it is to: nobody is to blame, and
+    /// nothing sends until the cause is fixed.
+    #[error("refused account-wide: {}", .0.as_str())]
+    AccountWide(PauseCode),
 }
 
 /// Sends one email. `topic` names the list topic the email is for, when there is exactly one.
@@ -183,6 +192,8 @@ pub struct DeliveryReport {
     pub unsent: usize,
     /// Transient failures (timeouts, 5xx) among the sends.
     pub transient_failures: usize,
+    /// Sends SES refused account-wide (their recipients are among `unsent`).
+    pub refused_account_wide: usize,
 }
 
 impl DeliveryReport {
@@ -203,12 +214,16 @@ pub enum ChunkOutcome {
     /// Another invocation holds a live lease on the chunk: nothing was sent. The message must
     /// come back later (if the holder died, it may be the only copy of the chunk's message).
     Busy,
+    /// SES refused [`ACCOUNT_FAILURES_TO_PAUSE`] sends in a row account-wide: the chunk stopped
+    /// (what was settled is recorded, the lease given up) and its task should pause.
+    Refused(DeliveryReport, PauseCode),
 }
 
 pub struct Sender<M> {
     mailer: M,
     rate: AdaptiveRate,
     max_in_flight: usize,
+    refs: RecipientRefs,
 }
 
 /// What became of one recipient's email in this invocation.
@@ -217,6 +232,7 @@ enum SendOutcome {
     Sent,
     Rejected(String),
     Unsent { transient_failures: usize },
+    Refused(PauseCode),
 }
 
 /// Each distinct email rendered once while its topic set keeps coming; at most
@@ -262,7 +278,13 @@ impl<M: Mailer> Sender<M> {
             mailer,
             rate: AdaptiveRate::new(policy.emails_per_second),
             max_in_flight: policy.max_in_flight,
+            refs: RecipientRefs::default(),
         }
+    }
+
+    /// Names recipients in logs by their keyed hash under `refs` (see [`RecipientRefs`]).
+    pub fn with_recipient_refs(self, refs: RecipientRefs) -> Self {
+        Self { refs, ..self }
     }
 
     /// Emails per second this sender allows itself now (lower than its policy after throttling).
@@ -312,6 +334,10 @@ impl<M: Mailer> Sender<M> {
             already_settled: size - pending.len(),
             ..DeliveryReport::default()
         };
+        // A chunk owing fewer recipients than the threshold pauses when all of them are refused.
+        let refusals_to_stop = ACCOUNT_FAILURES_TO_PAUSE.min(pending.len()).max(1);
+        let mut refused_in_a_row = 0;
+        let mut refused = None;
 
         let mut renders = Renders::new(delivery);
         let mut sends = FuturesUnordered::new();
@@ -360,17 +386,30 @@ impl<M: Mailer> Sender<M> {
                     report.throttled += throttled;
                     match outcome {
                         SendOutcome::Sent => {
+                            refused_in_a_row = 0;
                             report.sent += 1;
                             unrecorded.sent.push(position);
                         }
                         SendOutcome::Rejected(reason) => {
-                            tracing::warn!(chunk, position, %reason, "email rejected; not retried");
+                            refused_in_a_row = 0;
+                            let recipient = self.refs.of(&delivery.recipients[usize::from(position)].email);
+                            tracing::warn!(chunk, position, %recipient, %reason, "email rejected; not retried");
                             report.rejected += 1;
                             unrecorded.rejected.push(position);
                         }
                         SendOutcome::Unsent { transient_failures } => {
                             report.unsent += 1;
                             report.transient_failures += transient_failures;
+                        }
+                        SendOutcome::Refused(code) => {
+                            report.unsent += 1;
+                            report.refused_account_wide += 1;
+                            refused_in_a_row += 1;
+                            if refused_in_a_row >= refusals_to_stop && refused.is_none() {
+                                tracing::error!(chunk, code = code.as_str(), refused_in_a_row, "SES refuses sends account-wide; stopping the chunk");
+                                refused = Some(code);
+                                stopped = true;
+                            }
                         }
                     }
                 }
@@ -394,7 +433,13 @@ impl<M: Mailer> Sender<M> {
         let mut after: ChunkProgress = progress.clone();
         after.apply(&recorded);
         after.apply(&unrecorded);
-        if report.unsent == 0 {
+        if let Some(code) = refused {
+            with_retries(budget.hard_stop, || {
+                store.release_lease(task_id, chunk, holder, &unrecorded)
+            })
+            .await?;
+            Ok(ChunkOutcome::Refused(report, code))
+        } else if report.unsent == 0 {
             with_retries(budget.hard_stop, || {
                 store.close(task_id, chunk, holder, &unrecorded, &after)
             })
@@ -438,6 +483,10 @@ impl<M: Mailer> Sender<M> {
                 Err(SendError::Permanent(reason)) => {
                     return (position, SendOutcome::Rejected(reason), throttled);
                 }
+                // Retrying cannot help until the account is fixed.
+                Err(SendError::AccountWide(code)) => {
+                    return (position, SendOutcome::Refused(code), throttled);
+                }
                 Err(SendError::Throttled(_)) => {
                     self.rate.throttled();
                     throttled += 1;
@@ -446,7 +495,8 @@ impl<M: Mailer> Sender<M> {
                 Err(SendError::Transient(reason)) => {
                     transient_failures += 1;
                     if transient_failures == TRANSIENT_ATTEMPTS as usize {
-                        tracing::warn!(position, %reason, "email not sent; left for a retry");
+                        let recipient = self.refs.of(&recipient.email);
+                        tracing::warn!(position, %recipient, %reason, "email not sent; left for a retry");
                         return (
                             position,
                             SendOutcome::Unsent { transient_failures },

@@ -7,6 +7,10 @@
 //! | page plan | `plan#<task id>#<page>` | the page's chunks of recipients (compact JSON) | 30 days |
 //! | page marker | `page#<task id>#<page>` | whether the plan's messages are all queued | 30 days |
 //! | chunk | `chunk#<task id>#<chunk id>` | lease, positions sent / rejected / failed (number sets), what is counted | 30 days |
+//! | parked chunk | `parked#<task id>#<chunk id>` | the chunk's queue message, while its task is paused | 30 days |
+//!
+//! A pause is an overlay on the task item (`pause_code`, `paused_at`, and the ids of its parked
+//! chunks in `parked`): planning goes on writing `status` while sending is paused.
 //!
 //! Write cost per email (on-demand, items under 1 KB): a chunk of 50 takes one lease write, a
 //! record write per [`crate::deliver::SETTLE_GROUP`] settled recipients, and one two-item
@@ -18,8 +22,8 @@ use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
-    TaskStore, epoch_millis, epoch_seconds,
+    PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
+    StoreError, TaskRecord, TaskStatus, TaskStore, epoch_millis, epoch_seconds,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -127,6 +131,10 @@ fn chunk_key(task_id: TaskId, chunk_id: &str) -> AttributeValue {
     s(format!("chunk#{task_id}#{chunk_id}"))
 }
 
+fn parked_key(task_id: TaskId, chunk_id: &str) -> AttributeValue {
+    s(format!("parked#{task_id}#{chunk_id}"))
+}
+
 fn now_rfc3339() -> String {
     DateTime::from(SystemTime::now())
         .fmt(DateTimeFormat::DateTime)
@@ -177,6 +185,12 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
     let status = text(item, "status")
         .and_then(TaskStatus::parse)
         .ok_or_else(|| StoreError(format!("task {task_id} has no valid status")))?;
+    let pause = text(item, "pause_code")
+        .and_then(PauseCode::parse)
+        .map(|code| Pause {
+            code,
+            since: text(item, "paused_at").unwrap_or_default().to_owned(),
+        });
     let failures = match item.get("failures").map(AttributeValue::as_m) {
         Some(Ok(parts)) => {
             let mut failures: Vec<PartFailure> = parts
@@ -193,7 +207,11 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
     };
     Ok(TaskRecord {
         task_id,
-        status,
+        status: if pause.is_some() {
+            TaskStatus::Paused
+        } else {
+            status
+        },
         created_at: text(item, "created_at").unwrap_or_default().to_owned(),
         updated_at: text(item, "updated_at").unwrap_or_default().to_owned(),
         recipients: Recipients {
@@ -215,6 +233,7 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
             })
             .unwrap_or_default(),
         failures,
+        pause,
     })
 }
 
@@ -1030,6 +1049,152 @@ impl ChunkStore for DynamoStore {
             Err(TransactError::Conditions(_)) => Err(StoreError(format!(
                 "no status record for task {task_id}: chunk {chunk_id} cannot be counted"
             ))),
+            Err(TransactError::Store(err)) => Err(err),
+        }
+    }
+}
+
+impl PauseStore for DynamoStore {
+    async fn pause(&self, task_id: TaskId, code: PauseCode) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", task_key(task_id))
+            .update_expression("SET pause_code = :code, paused_at = :now, updated_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(pause_code) \
+                 AND #status IN (:planning, :sending)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":code", s(code.as_str()))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .expression_attribute_values(":planning", s(TaskStatus::Planning.as_str()))
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(store_error(err)),
+        }
+    }
+
+    async fn park(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let parked = Put::builder()
+            .table_name(&self.table)
+            .item("pk", parked_key(task_id, chunk_id))
+            .item("message", s(message))
+            .item("expires_at", expires_in(RECORD_LIFETIME))
+            .build()
+            .map_err(build_error)?;
+        // Only while paused: a resume that moved the task on first sees every chunk parked
+        // before it, and none after.
+        let listed = self
+            .update(task_key(task_id))
+            .update_expression("ADD parked :chunk")
+            .condition_expression("attribute_exists(pause_code)")
+            .expression_attribute_values(":chunk", AttributeValue::Ss(vec![chunk_id.to_owned()]))
+            .build()
+            .map_err(build_error)?;
+        match self
+            .transact(vec![
+                TransactWriteItem::builder().put(parked).build(),
+                TransactWriteItem::builder().update(listed).build(),
+            ])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(TransactError::Conditions(_)) => Ok(false),
+            Err(TransactError::Store(err)) => Err(err),
+        }
+    }
+
+    async fn unpause(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", task_key(task_id))
+            .update_expression("REMOVE pause_code, paused_at SET updated_at = :now")
+            .condition_expression("attribute_exists(pause_code)")
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(store_error(err)),
+        }
+    }
+
+    async fn parked(&self, task_id: TaskId) -> Result<Vec<(String, String)>, StoreError> {
+        let Some(task) = self.read(task_key(task_id)).await? else {
+            return Ok(Vec::new());
+        };
+        let mut chunk_ids: Vec<String> = task
+            .get("parked")
+            .and_then(|value| value.as_ss().ok())
+            .cloned()
+            .unwrap_or_default();
+        chunk_ids.sort();
+        let mut parked = Vec::with_capacity(chunk_ids.len());
+        for chunk_id in chunk_ids {
+            let item = self.read(parked_key(task_id, &chunk_id)).await?;
+            match item.as_ref().and_then(|item| text(item, "message")) {
+                Some(message) => parked.push((chunk_id, message.to_owned())),
+                None => {
+                    return Err(StoreError(format!(
+                        "parked chunk {chunk_id} of task {task_id} has no message"
+                    )));
+                }
+            }
+        }
+        Ok(parked)
+    }
+
+    async fn unpark(&self, task_id: TaskId, chunk_id: &str) -> Result<(), StoreError> {
+        let unlisted = self
+            .update(task_key(task_id))
+            .update_expression("DELETE parked :chunk")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":chunk", AttributeValue::Ss(vec![chunk_id.to_owned()]))
+            .build()
+            .map_err(build_error)?;
+        let forgotten = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .key("pk", parked_key(task_id, chunk_id))
+            .build()
+            .map_err(build_error)?;
+        match self
+            .transact(vec![
+                TransactWriteItem::builder().update(unlisted).build(),
+                TransactWriteItem::builder().delete(forgotten).build(),
+            ])
+            .await
+        {
+            Ok(()) | Err(TransactError::Conditions(_)) => Ok(()), // no task: nothing parked
             Err(TransactError::Store(err)) => Err(err),
         }
     }

@@ -14,8 +14,8 @@ use crate::queue::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
 use crate::render::RenderedEmail;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, PlanStore, Recipients, Reservation, Settled, StoreError, TaskRecord, TaskStatus,
-    TaskStore,
+    PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
+    StoreError, TaskRecord, TaskStatus, TaskStore,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -178,6 +178,8 @@ pub struct RecordingMailer {
     pub attempts: AtomicUsize,
     in_flight: AtomicUsize,
     pub max_in_flight_seen: AtomicUsize,
+    /// Emails still accepted before SES refuses every send account-wide with the code.
+    refusal: Mutex<Option<(usize, PauseCode)>>,
 }
 
 impl RecordingMailer {
@@ -193,6 +195,20 @@ impl RecordingMailer {
             first_answers: Mutex::new(errors.into_iter().collect()),
             ..Self::default()
         }
+    }
+
+    /// Accepts `accepted` emails, then refuses every send account-wide with `code` (an
+    /// unverified sender, a suspended account...) until [`Self::stop_refusing`].
+    pub fn refusing_after(accepted: usize, code: PauseCode) -> Self {
+        Self {
+            refusal: Mutex::new(Some((accepted, code))),
+            ..Self::default()
+        }
+    }
+
+    /// The account is fixed.
+    pub fn stop_refusing(&self) {
+        *self.refusal.lock().unwrap() = None;
     }
 
     pub fn recipients(&self) -> Vec<String> {
@@ -219,6 +235,12 @@ impl Mailer for RecordingMailer {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if let Some(error) = self.first_answers.lock().unwrap().pop_front() {
             return Err(error);
+        }
+        if let Some((accepted, code)) = self.refusal.lock().unwrap().as_mut() {
+            if *accepted == 0 {
+                return Err(SendError::AccountWide(*code));
+            }
+            *accepted -= 1;
         }
         if let Some(failure) = self.failures.get(to.as_str()) {
             return Err(failure.clone());
@@ -257,6 +279,10 @@ struct StoredTask {
     pages_planned: u32,
     /// Pages in all, once known (the last page is planned, or planning stopped).
     page_count: Option<u32>,
+    /// An overlay on the status, as in the DynamoDB store: planning goes on while paused.
+    pause: Option<Pause>,
+    /// Parked chunks' messages, by chunk id.
+    parked: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -349,6 +375,10 @@ impl StoredTask {
                 code: *code,
             })
             .collect();
+        if let Some(pause) = &self.pause {
+            record.status = TaskStatus::Paused;
+            record.pause = Some(pause.clone());
+        }
         record
     }
 
@@ -382,6 +412,7 @@ impl TaskStore for MemoryStore {
             planning_done: false,
             unmatched_topics: Vec::new(),
             failures: Vec::new(),
+            pause: None,
         };
         records.tasks.insert(
             task_id,
@@ -390,6 +421,8 @@ impl TaskStore for MemoryStore {
                 failures: BTreeMap::new(),
                 pages_planned: 0,
                 page_count: None,
+                pause: None,
+                parked: BTreeMap::new(),
             },
         );
         Ok(())
@@ -712,6 +745,69 @@ impl<S> FaultyStore<S> {
     }
 }
 
+impl PauseStore for MemoryStore {
+    async fn pause(&self, task_id: TaskId, code: PauseCode) -> Result<bool, StoreError> {
+        let mut records = self.records()?;
+        let Some(task) = records.tasks.get_mut(&task_id) else {
+            return Ok(false);
+        };
+        let active = matches!(
+            task.record.status,
+            TaskStatus::Planning | TaskStatus::Sending
+        );
+        if task.pause.is_some() || !active {
+            return Ok(false);
+        }
+        task.pause = Some(Pause {
+            code,
+            since: "2026-11-25T10:05:00Z".into(),
+        });
+        Ok(true)
+    }
+
+    async fn park(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let mut records = self.records()?;
+        match records.tasks.get_mut(&task_id) {
+            Some(task) if task.pause.is_some() => {
+                task.parked.insert(chunk_id.to_owned(), message.to_owned());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn unpause(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        let mut records = self.records()?;
+        Ok(records
+            .tasks
+            .get_mut(&task_id)
+            .and_then(|task| task.pause.take())
+            .is_some())
+    }
+
+    async fn parked(&self, task_id: TaskId) -> Result<Vec<(String, String)>, StoreError> {
+        let records = self.records()?;
+        Ok(records.tasks.get(&task_id).map_or_else(Vec::new, |task| {
+            task.parked
+                .iter()
+                .map(|(chunk, message)| (chunk.clone(), message.clone()))
+                .collect()
+        }))
+    }
+
+    async fn unpark(&self, task_id: TaskId, chunk_id: &str) -> Result<(), StoreError> {
+        if let Some(task) = self.records()?.tasks.get_mut(&task_id) {
+            task.parked.remove(chunk_id);
+        }
+        Ok(())
+    }
+}
+
 impl<S: TaskStore> TaskStore for FaultyStore<S> {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
         self.inner.create(task_id).await
@@ -734,6 +830,31 @@ impl<S: TaskStore> TaskStore for FaultyStore<S> {
     }
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
         self.inner.finish(task_id, status).await
+    }
+}
+
+impl<S: PauseStore> PauseStore for FaultyStore<S> {
+    async fn pause(&self, task_id: TaskId, code: PauseCode) -> Result<bool, StoreError> {
+        self.faulty("pause", self.inner.pause(task_id, code)).await
+    }
+    async fn park(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        self.faulty("park", self.inner.park(task_id, chunk_id, message))
+            .await
+    }
+    async fn unpause(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        self.faulty("unpause", self.inner.unpause(task_id)).await
+    }
+    async fn parked(&self, task_id: TaskId) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.parked(task_id).await
+    }
+    async fn unpark(&self, task_id: TaskId, chunk_id: &str) -> Result<(), StoreError> {
+        self.faulty("unpark", self.inner.unpark(task_id, chunk_id))
+            .await
     }
 }
 

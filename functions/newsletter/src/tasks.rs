@@ -18,6 +18,8 @@ pub enum TaskStatus {
     Accepted,
     Planning,
     Sending,
+    /// Sending stopped for the whole task (see [`Pause`]) until it is resumed.
+    Paused,
     Completed,
     CompletedWithErrors,
 }
@@ -28,6 +30,7 @@ impl TaskStatus {
             Self::Accepted => "accepted",
             Self::Planning => "planning",
             Self::Sending => "sending",
+            Self::Paused => "paused",
             Self::Completed => "completed",
             Self::CompletedWithErrors => "completed_with_errors",
         }
@@ -38,6 +41,7 @@ impl TaskStatus {
             Self::Accepted,
             Self::Planning,
             Self::Sending,
+            Self::Paused,
             Self::Completed,
             Self::CompletedWithErrors,
         ]
@@ -165,6 +169,95 @@ impl Serialize for PartFailure {
     }
 }
 
+/// Why SES refuses every email of the account, whoever it is to: the task pauses instead of
+/// failing its recipients. The names are part of the API (README, `openapi.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseCode {
+    SenderNotVerified,
+    /// The account is in the SES sandbox, where every recipient must be verified too.
+    RecipientNotVerified,
+    AccessDenied,
+    ConfigurationSetMissing,
+    SendingPaused,
+    AccountSuspended,
+    DailyQuotaExceeded,
+}
+
+impl PauseCode {
+    const ALL: [Self; 7] = [
+        Self::SenderNotVerified,
+        Self::RecipientNotVerified,
+        Self::AccessDenied,
+        Self::ConfigurationSetMissing,
+        Self::SendingPaused,
+        Self::AccountSuspended,
+        Self::DailyQuotaExceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SenderNotVerified => "sender_not_verified",
+            Self::RecipientNotVerified => "recipient_not_verified",
+            Self::AccessDenied => "access_denied",
+            Self::ConfigurationSetMissing => "configuration_set_missing",
+            Self::SendingPaused => "sending_paused",
+            Self::AccountSuspended => "account_suspended",
+            Self::DailyQuotaExceeded => "daily_quota_exceeded",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.as_str() == raw)
+    }
+
+    /// What is wrong and what fixes it, for the caller.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::SenderNotVerified => {
+                "SES refuses the sender address: verify it (or its domain) in SES, then resume"
+            }
+            Self::RecipientNotVerified => {
+                "the SES account is in the sandbox and refuses unverified recipients: request production access, then resume"
+            }
+            Self::AccessDenied => {
+                "the worker's role may not send through SES (ses:SendEmail): fix its policy, then resume"
+            }
+            Self::ConfigurationSetMissing => {
+                "the SES configuration set the worker names does not exist: create it, then resume"
+            }
+            Self::SendingPaused => {
+                "sending is paused for the SES account or configuration set: re-enable it, then resume"
+            }
+            Self::AccountSuspended => {
+                "the SES account is suspended: resolve it with AWS, then resume"
+            }
+            Self::DailyQuotaExceeded => {
+                "the SES account's 24-hour sending quota is used up: resume when it has room again, or raise it"
+            }
+        }
+    }
+}
+
+/// A paused task's reason, as its status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub code: PauseCode,
+    /// When the task paused (RFC 3339).
+    pub since: String,
+}
+
+impl Serialize for Pause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut pause = serializer.serialize_struct("Pause", 3)?;
+        pause.serialize_field("code", &self.code)?;
+        pause.serialize_field("message", self.code.message())?;
+        pause.serialize_field("since", &self.since)?;
+        pause.end()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskRecord {
     pub task_id: TaskId,
@@ -182,6 +275,9 @@ pub struct TaskRecord {
     /// By part, in the part's name order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<PartFailure>,
+    /// Why the task is paused, while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
 }
 
 impl TaskRecord {
@@ -446,6 +542,41 @@ pub trait ChunkStore: Send + Sync {
     ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
 }
 
+/// Pausing a task whose sends SES refuses account-wide, and resuming it where it stopped: the
+/// chunks that arrive while it is paused are parked here (their messages leave the queue, so
+/// they do not burn their receives into the dead-letter queue), and queued again on resume.
+pub trait PauseStore: Send + Sync {
+    /// Pauses a planning or sending task for `code`. `false`, changing nothing, if the task is
+    /// paused already (the first reason stays) or in any other status.
+    fn pause(
+        &self,
+        task_id: TaskId,
+        code: PauseCode,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Keeps the chunk's `message` (its queue message, encoded) while the task is paused. `false`
+    /// if the task is not paused (any more): the caller sends the chunk instead. Parking a chunk
+    /// again replaces its message.
+    fn park(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Moves a paused task back to sending, keeping what is parked. `false` if it was not paused.
+    fn unpause(&self, task_id: TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The parked chunks' messages, by chunk id.
+    fn parked(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    /// Forgets a parked chunk whose message is back on the queue. Idempotent.
+    fn unpark(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
 /// Seconds since the epoch.
 pub fn epoch_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -483,6 +614,7 @@ mod tests {
             planning_done,
             unmatched_topics: Vec::new(),
             failures: Vec::new(),
+            pause: None,
         }
     }
 
@@ -529,6 +661,7 @@ mod tests {
             TaskStatus::Accepted,
             TaskStatus::Planning,
             TaskStatus::Sending,
+            TaskStatus::Paused,
             TaskStatus::Completed,
             TaskStatus::CompletedWithErrors,
         ] {
@@ -536,6 +669,26 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn pauses_show_a_stable_code_what_fixes_it_and_since_when() {
+        for code in PauseCode::ALL {
+            assert_eq!(PauseCode::parse(code.as_str()), Some(code));
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let pause = Pause {
+            code: PauseCode::SenderNotVerified,
+            since: "2026-12-02T08:00:00Z".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(pause).unwrap(),
+            serde_json::json!({
+                "code": "sender_not_verified",
+                "message": PauseCode::SenderNotVerified.message(),
+                "since": "2026-12-02T08:00:00Z",
+            })
+        );
     }
 
     #[test]

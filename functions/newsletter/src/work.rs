@@ -10,7 +10,8 @@ use crate::message::{DecodeError, Delivery, Job, Message};
 use crate::planning::{PagePlan, plan_page};
 use crate::queue::{DeadLetterQueue, MessageQueue, QueueError};
 use crate::tasks::{
-    Accounting, ChunkStore, Holder, PageState, PartFailure, PlanStore, StoreError, TaskStore,
+    Accounting, ChunkStore, Holder, PageState, PartFailure, PauseCode, PauseStore, PlanStore,
+    StoreError, TaskStatus, TaskStore,
 };
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
@@ -42,6 +43,15 @@ pub struct QueueRecord<'a> {
     pub body: &'a str,
 }
 
+/// What a resume did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ResumeReport {
+    /// The task was paused, and now sends again.
+    pub resumed: bool,
+    /// Parked chunks put back on the queue.
+    pub requeued: usize,
+}
+
 /// What one sweep of the dead-letter queue found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
@@ -66,7 +76,7 @@ where
     Q: MessageQueue,
     D: ContactDirectory,
     M: Mailer,
-    S: TaskStore + PlanStore + ChunkStore,
+    S: TaskStore + PlanStore + ChunkStore + PauseStore,
 {
     /// `max_recipients_per_chunk`: what planning puts in one delivery message (see
     /// `config::chunk_size`).
@@ -247,8 +257,11 @@ where
         budget: &Budget,
         holder: &Holder,
     ) -> Result<(), WorkError> {
-        if self.store.get(delivery.task_id).await?.is_none() {
+        let Some(task) = self.store.get(delivery.task_id).await? else {
             return Err(WorkError::UnknownTask(delivery.task_id));
+        };
+        if task.status == TaskStatus::Paused && self.park(delivery).await? {
+            return Ok(());
         }
         let outcome = self
             .sender
@@ -282,15 +295,81 @@ where
                 log(&report, false);
                 Err(WorkError::Stalled(report.unsent))
             }
+            ChunkOutcome::Refused(report, code) => {
+                log(&report, false);
+                self.pause(delivery, code).await
+            }
             ChunkOutcome::Unfinished(report) => {
                 log(&report, false);
-                let rest = Delivery {
-                    attempt: delivery.attempt + 1,
-                    ..delivery.clone()
-                };
-                Ok(self.queue.send_all(&[Message::Delivery(rest)]).await?)
+                self.hand_back(delivery).await
             }
         }
+    }
+
+    /// The chunk again, as a new message, for what is left of it.
+    async fn hand_back(&self, delivery: &Delivery) -> Result<(), WorkError> {
+        let rest = Delivery {
+            attempt: delivery.attempt + 1,
+            ..delivery.clone()
+        };
+        Ok(self.queue.send_all(&[Message::Delivery(rest)]).await?)
+    }
+
+    /// SES refuses the account's sends: pause the task (other instances park its chunks as
+    /// they come), and park this one. Nobody is counted failed for it.
+    async fn pause(&self, delivery: &Delivery, code: PauseCode) -> Result<(), WorkError> {
+        if self.store.pause(delivery.task_id, code).await? {
+            tracing::error!(
+                code = code.as_str(),
+                reason = code.message(),
+                "task paused: SES refuses sends account-wide; resume it once fixed"
+            );
+        }
+        if self.park(delivery).await? {
+            return Ok(());
+        }
+        // Resumed (or never pausable: the task is finishing) since: go on elsewhere.
+        self.hand_back(delivery).await
+    }
+
+    /// Keeps the chunk in the store while its task is paused; `false` if it is not paused.
+    async fn park(&self, delivery: &Delivery) -> Result<bool, WorkError> {
+        let message = Message::Delivery(delivery.clone()).encode();
+        let parked = self
+            .store
+            .park(delivery.task_id, &delivery.chunk_id, &message)
+            .await?;
+        if parked {
+            tracing::info!(chunk = %delivery.chunk_id, "task paused: chunk parked until it resumes");
+        }
+        Ok(parked)
+    }
+
+    /// Resumes a paused task where it stopped: its parked chunks go back on the queue (each
+    /// recipient they already reached is settled in the store, so nobody gets a duplicate).
+    /// Safe to repeat: a resume that died half-way queues the rest when run again.
+    pub async fn resume(&self, task_id: TaskId) -> Result<ResumeReport, WorkError> {
+        let span = tracing::info_span!("task", %task_id);
+        async {
+            if self.store.get(task_id).await?.is_none() {
+                return Err(WorkError::UnknownTask(task_id));
+            }
+            let resumed = self.store.unpause(task_id).await?;
+            let parked = self.store.parked(task_id).await?;
+            for (chunk_id, message) in &parked {
+                let message = Message::decode(message)?;
+                self.queue.send_all(&[message]).await?;
+                self.store.unpark(task_id, chunk_id).await?;
+            }
+            let report = ResumeReport {
+                resumed,
+                requeued: parked.len(),
+            };
+            tracing::info!(resumed, requeued = report.requeued, "task resumed");
+            Ok(report)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Moves the task to its final status if every recipient is accounted for. Many invocations

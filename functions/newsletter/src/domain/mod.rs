@@ -29,6 +29,7 @@ macro_rules! string_newtype {
 mod email_address;
 mod idempotency_key;
 mod newsletter;
+mod recipient_ref;
 mod section;
 mod subject;
 mod task_id;
@@ -37,6 +38,7 @@ mod topic;
 pub use email_address::EmailAddress;
 pub use idempotency_key::IdempotencyKey;
 pub use newsletter::{FieldError, MAX_SECTIONS, Newsletter};
+pub use recipient_ref::{RecipientRef, RecipientRefs};
 pub use section::{MarkdownBody, Section, SectionTitle};
 pub use subject::Subject;
 pub use task_id::TaskId;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
-use crate::deliver::{SETTLE_GROUP, SendError, SendPolicy};
+use crate::deliver::{ACCOUNT_FAILURES_TO_PAUSE, SETTLE_GROUP, SendError, SendPolicy};
 use crate::directory::ContactPage;
 use crate::domain::{EmailAddress, Newsletter, TaskId, Topic};
 use crate::fakes::{
@@ -9,7 +9,7 @@ use crate::fakes::{
 };
 use crate::message::Recipient;
 use crate::render::RenderedEmail;
-use crate::tasks::{Recipients, TaskRecord, TaskStatus};
+use crate::tasks::{PauseCode, PauseStore, Recipients, TaskRecord, TaskStatus};
 use Subscription::{OptIn, OptOut};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,7 +79,7 @@ fn worker_of<S, M: Mailer>(
     store: S,
 ) -> TestWorker<S, M>
 where
-    S: TaskStore + PlanStore + ChunkStore,
+    S: TaskStore + PlanStore + ChunkStore + PauseStore,
 {
     Worker::new(queue, directory, Sender::new(mailer, policy), store, 50)
 }
@@ -103,7 +103,7 @@ fn worker(directory: PagedDirectory, mailer: RecordingMailer) -> TestWorker {
 }
 
 /// A job for a task the accept function has recorded.
-async fn job<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
+async fn job<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     worker: &TestWorker<S, M>,
     topics: &[&str],
 ) -> Message {
@@ -131,7 +131,7 @@ fn emails(count: usize) -> Vec<String> {
 }
 
 /// A delivery of chunk `p0-c0` to `emails`, for a task planned with exactly that chunk.
-async fn delivery<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
+async fn delivery<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     worker: &TestWorker<S, M>,
     emails: &[&str],
 ) -> Delivery {
@@ -152,7 +152,7 @@ async fn delivery<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
     }
 }
 
-async fn process<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
+async fn process<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     worker: &TestWorker<S, M>,
     message: &Message,
 ) -> Result<(), WorkError> {
@@ -161,7 +161,7 @@ async fn process<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
 }
 
 /// Runs the worker on `first` and on every message it enqueues, until none are left.
-async fn run_to_completion<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
+async fn run_to_completion<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     worker: &TestWorker<S, M>,
     first: Message,
 ) {
@@ -172,7 +172,7 @@ async fn run_to_completion<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
     }
 }
 
-async fn task<S: TaskStore + PlanStore + ChunkStore, M: Mailer>(
+async fn task<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     worker: &TestWorker<S, M>,
     task_id: TaskId,
 ) -> TaskRecord {
@@ -545,6 +545,70 @@ async fn throttled_sends_slow_down_and_go_out_in_the_same_invocation() {
     assert_eq!(
         (done.recipients.sent, done.status),
         (3, TaskStatus::Completed)
+    );
+}
+
+#[tokio::test]
+async fn account_wide_refusals_pause_the_task_failing_nobody_and_a_resume_sends_the_rest_once() {
+    let contacts = (0..120)
+        .map(|i| contact(&format!("u{i}@x.io"), &[]))
+        .collect();
+    let mailer = RecordingMailer::refusing_after(10, PauseCode::SenderNotVerified);
+    let worker = worker(directory(vec![contacts]), mailer);
+    let job = job(&worker, &["rust"]).await;
+    let task_id = job.task_id();
+
+    // Planning queues 3 chunks; the first stops after 10 sends, the others are parked unsent.
+    run_to_completion(&worker, job).await;
+
+    let paused = task(&worker, task_id).await;
+    assert_eq!(paused.status, TaskStatus::Paused);
+    assert_eq!(
+        paused.pause.as_ref().map(|pause| pause.code),
+        Some(PauseCode::SenderNotVerified)
+    );
+    assert_eq!(paused.recipients.failed, 0, "nobody failed for the account");
+    assert_eq!(sent_to(&worker).len(), 10);
+    let attempts = worker.sender.mailer().attempts.load(Ordering::SeqCst);
+    assert!(
+        attempts <= 10 + ACCOUNT_FAILURES_TO_PAUSE + FAST.max_in_flight,
+        "a few refusals, not the list: {attempts} calls"
+    );
+    assert_eq!(worker.store.parked(task_id).await.unwrap().len(), 3);
+    assert!(
+        worker.queue.take().is_empty(),
+        "nothing left to burn its receives"
+    );
+
+    // Fixed: the resume puts the parked chunks back, and each owed recipient gets one email.
+    worker.sender.mailer().stop_refusing();
+    let report = worker.resume(task_id).await.unwrap();
+    assert_eq!(
+        report,
+        ResumeReport {
+            resumed: true,
+            requeued: 3
+        }
+    );
+    let mut pending = worker.queue.take();
+    while let Some(message) = pending.pop() {
+        process(&worker, &message).await.unwrap();
+        pending.extend(worker.queue.take());
+    }
+    let done = task(&worker, task_id).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.recipients, counts(120, 120, 0, 0));
+    assert_eq!(done.pause, None);
+    let mut recipients = sent_to(&worker);
+    recipients.dedup();
+    assert_eq!(recipients.len(), 120, "nobody twice, nobody missed");
+    assert_eq!(
+        worker.resume(task_id).await.unwrap(),
+        ResumeReport {
+            resumed: false,
+            requeued: 0
+        },
+        "a second resume changes nothing"
     );
 }
 
