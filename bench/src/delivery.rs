@@ -80,6 +80,7 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         max_concurrency: scenario.instances,
         max_in_flight: scenario.max_in_flight,
         configuration_set_name: None,
+        recipient_hash_key: worker::SecretKey(local_stack::LOCAL_RECIPIENT_HASH_KEY.into()),
         table_name: stack.settings.table_name.clone(),
         dead_letter_queue_url: stack.dead_letter_queue_url.to_owned(),
         function_timeout: FUNCTION_TIMEOUT,
@@ -188,7 +189,7 @@ impl Invoke for Instance {
         .map_err(|err| anyhow::anyhow!("{err}"))?
         {
             WorkerResponse::Batch(response) => Ok(response),
-            WorkerResponse::Sweep(_) => bail!("a batch was answered as a sweep"),
+            other => bail!("a batch was answered as something else: {other:?}"),
         }
     }
 }

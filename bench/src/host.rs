@@ -76,6 +76,7 @@ impl Scenario {
             max_concurrency: self.max_concurrency,
             max_in_flight: self.max_in_flight,
             configuration_set_name: None,
+            recipient_hash_key: worker::SecretKey(local_stack::LOCAL_RECIPIENT_HASH_KEY.into()),
         }
     }
 }

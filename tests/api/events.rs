@@ -34,6 +34,10 @@ const SQS_EVENTS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Direct invocations of `worker` by an operator: resuming the sample task once its pause's cause
+/// is fixed.
+const OPERATOR_EVENTS: &[&str] = &["resume-task.json"];
+
 /// Files that are not Lambda events: the request body `make dev` prints a curl for.
 const REQUEST_BODIES: &[&str] = &["newsletter.json"];
 
@@ -41,6 +45,7 @@ const REQUEST_BODIES: &[&str] = &["newsletter.json"];
 async fn every_file_in_events_is_covered_here() {
     let mut covered: Vec<&str> = HTTP_EVENTS.iter().map(|(name, _)| *name).collect();
     covered.extend(SQS_EVENTS.iter().map(|(name, _)| *name));
+    covered.extend(OPERATOR_EVENTS);
     covered.extend(REQUEST_BODIES);
     let directory = local_stack::repository_root().join("events");
     for entry in std::fs::read_dir(directory).unwrap() {
@@ -150,5 +155,26 @@ async fn sqs_events_report_exactly_their_poison_messages() {
         ["ada@example.com", "grace@example.com", "linus@example.com"],
         "sqs-delivery.json's three recipients; sqs-poison-batch.json's delivery is for the same \
          task and chunk, which sqs-delivery.json finished, so it sends nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_event_answers_what_it_did_and_names_an_unknown_task() {
+    let app = spawn_app().await;
+    let event = event_file(OPERATOR_EVENTS[0]);
+    let unknown = app.worker.invoke_json(&event).await;
+    assert!(
+        unknown.is_err_and(|err| err.to_string().contains(SAMPLE_TASK)),
+        "a task nobody recorded is an error for the operator"
+    );
+    app.store
+        .create(SAMPLE_TASK.parse().unwrap())
+        .await
+        .unwrap();
+    let answer = app.worker.invoke_json(&event).await.unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"resumed": false, "requeued": 0}),
+        "a task that is not paused is left as it is"
     );
 }

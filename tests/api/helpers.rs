@@ -18,6 +18,8 @@ use worker::{Config, SesFunction, WorkerEvent, WorkerResponse};
 
 pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
+    /// The local SES, to change the account under the worker (unverify the sender, say).
+    pub ses: aws_sdk_sesv2::Client,
     pub stack: Provisioned,
     pub settings: Settings,
     pub accept: App<SqsQueue, DynamoStore>,
@@ -69,6 +71,7 @@ async fn spawn_on(mut settings: Settings, moto_env: &[(&str, &str)], dynamodb: S
         max_concurrency: 1,
         max_in_flight: 16,
         configuration_set_name: None,
+        recipient_hash_key: worker::SecretKey(local_stack::LOCAL_RECIPIENT_HASH_KEY.into()),
     };
     let worker = InProcessWorker {
         function: worker::build(&config, &aws).expect("the worker's configuration is valid"),
@@ -76,6 +79,7 @@ async fn spawn_on(mut settings: Settings, moto_env: &[(&str, &str)], dynamodb: S
     };
     TestApp {
         sqs,
+        ses: aws_sdk_sesv2::Client::new(&aws),
         stack,
         settings,
         accept,
@@ -114,17 +118,29 @@ impl Invoke for InProcessWorker {
 impl InProcessWorker {
     /// Runs the schedule's sweep of the dead-letter queue, as the template's schedule does.
     pub async fn sweep_dead_letters(&self) -> serde_json::Value {
-        let sweep: WorkerEvent =
-            serde_json::from_str(r#"{"sweep": "dead-letters"}"#).expect("the schedule's event");
-        let mut context = Context::default();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970");
-        context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
-        let answer = worker::handle(&self.function, LambdaEvent::new(sweep, context))
+        self.invoke_json(r#"{"sweep": "dead-letters"}"#)
             .await
-            .expect("the sweep runs");
-        serde_json::to_value(answer).expect("a JSON answer")
+            .expect("the sweep runs")
+    }
+
+    /// What an operator's `{"resume": "<task id>"}` invocation answers.
+    pub async fn resume(&self, task_id: &str) -> serde_json::Value {
+        self.invoke_json(&format!(r#"{{"resume": "{task_id}"}}"#))
+            .await
+            .expect("the resume runs")
+    }
+
+    /// Invokes the worker with a JSON event, as `aws lambda invoke` would.
+    pub async fn invoke_json(
+        &self,
+        event: &str,
+    ) -> Result<serde_json::Value, lambda_runtime::Error> {
+        let event: WorkerEvent = serde_json::from_str(event)?;
+        let mut context = Context::default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        context.deadline = (now + Duration::from_secs(60)).as_millis() as u64;
+        let answer = worker::handle(&self.function, LambdaEvent::new(event, context)).await?;
+        Ok(serde_json::to_value(answer)?)
     }
 
     /// Every message body the worker was handed, in order.

@@ -316,3 +316,58 @@ async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sen
     );
     assert!(task.get("failures").is_none(), "{task}");
 }
+
+#[tokio::test]
+async fn an_unverified_sender_pauses_the_task_and_a_resume_sends_everyone_once() {
+    let app = app(mixed_audience(), &[]).await;
+    // SES (moto, as the real service) refuses every send from a sender it has not verified.
+    app.ses
+        .delete_email_identity()
+        .email_identity(&app.settings.from_address)
+        .send()
+        .await
+        .expect("the sender is unverified");
+    let (accepted, task_id) = post(&app, post_request(&newsletter_body())).await;
+    assert_eq!(accepted, 202);
+
+    app.run_worker_until_queue_is_empty().await;
+    let paused = status(&app, &task_id).await.1;
+    assert_eq!(paused["status"], "paused", "{paused}");
+    assert_eq!(paused["pause"]["code"], "sender_not_verified");
+    assert!(
+        paused["pause"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verify")
+    );
+    assert_eq!(paused["recipients"]["failed"], 0, "nobody failed for it");
+    assert!(app.recipients().await.is_empty());
+    assert_eq!(
+        app.dead_letter_depth().await,
+        0,
+        "nothing burns its receives"
+    );
+
+    app.ses
+        .create_email_identity()
+        .email_identity(&app.settings.from_address)
+        .send()
+        .await
+        .expect("the sender is verified again");
+    let resumed = app.worker.resume(&task_id).await;
+    assert_eq!(resumed["resumed"], true);
+    app.run_worker_until_queue_is_empty().await;
+
+    let done = status(&app, &task_id).await.1;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done.get("pause").is_none());
+    let recipients = app.recipients().await;
+    let mut distinct = recipients.clone();
+    distinct.dedup();
+    assert_eq!(recipients, distinct, "nobody twice");
+    assert_eq!(
+        done["recipients"]["sent"].as_u64(),
+        Some(recipients.len() as u64)
+    );
+    assert!(!recipients.is_empty());
+}

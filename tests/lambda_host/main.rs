@@ -84,6 +84,7 @@ impl Run {
             max_in_flight: 16,
             function_timeout: self.function_timeout,
             configuration_set_name: None,
+            recipient_hash_key: worker::SecretKey(local_stack::LOCAL_RECIPIENT_HASH_KEY.into()),
         }
     }
 

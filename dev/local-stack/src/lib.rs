@@ -143,6 +143,9 @@ pub fn repository_root() -> std::path::PathBuf {
 
 /// The environment the template gives the worker for `config`, with the SDK pointed at
 /// `endpoints`: what a worker bootstrap run locally (under the Lambda host) needs.
+/// The key that names recipients in local logs (deployments generate theirs in Secrets Manager).
+pub const LOCAL_RECIPIENT_HASH_KEY: &str = "local-recipient-hash-key";
+
 pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = sdk_environment(endpoints)
         .into_iter()
@@ -158,6 +161,7 @@ pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec
             ("TABLE_NAME", config.table_name.clone()),
             ("CONTACT_LIST_NAME", config.contact_list_name.clone()),
             ("FROM_ADDRESS", config.from_address.clone()),
+            ("RECIPIENT_HASH_KEY", config.recipient_hash_key.0.clone()),
             ("MAX_SEND_RATE", config.max_send_rate.to_string()),
             ("MAX_CONCURRENCY", config.max_concurrency.to_string()),
             ("MAX_IN_FLIGHT", config.max_in_flight.to_string()),

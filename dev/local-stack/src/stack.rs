@@ -83,6 +83,10 @@ impl LocalStack {
                     options.settings.contact_list_name.clone(),
                 ),
                 ("FROM_ADDRESS", options.settings.from_address.clone()),
+                (
+                    "RECIPIENT_HASH_KEY",
+                    crate::LOCAL_RECIPIENT_HASH_KEY.to_owned(),
+                ),
                 ("MAX_SEND_RATE", options.max_send_rate.to_string()),
                 ("MAX_CONCURRENCY", options.max_concurrency.to_string()),
                 ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),

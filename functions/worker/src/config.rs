@@ -27,7 +27,22 @@ pub struct Config {
     pub max_in_flight: usize,
     /// SES configuration set for bounce and complaint events (`CONFIGURATION_SET_NAME`).
     pub configuration_set_name: Option<String>,
+    /// The key of the hash that names recipients in logs (`RECIPIENT_HASH_KEY`, at least 16
+    /// characters; the template generates it in Secrets Manager).
+    pub recipient_hash_key: SecretKey,
 }
+
+/// A key that never shows in `Debug` output (the config is logged on init errors).
+#[derive(Clone)]
+pub struct SecretKey(pub String);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+const MIN_HASH_KEY_CHARS: usize = 16;
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -42,7 +57,14 @@ impl Config {
             max_concurrency: config::parsed_or("MAX_CONCURRENCY", 5)?,
             max_in_flight: config::parsed_or("MAX_IN_FLIGHT", 16)?,
             configuration_set_name: config::optional("CONFIGURATION_SET_NAME"),
+            recipient_hash_key: SecretKey(config::required("RECIPIENT_HASH_KEY")?),
         };
+        if config.recipient_hash_key.0.chars().count() < MIN_HASH_KEY_CHARS {
+            return Err(ConfigError::Invalid {
+                name: "RECIPIENT_HASH_KEY",
+                reason: format!("must be at least {MIN_HASH_KEY_CHARS} characters"),
+            });
+        }
         let positive = |name, ok: bool| {
             if ok {
                 Ok(())
@@ -112,6 +134,7 @@ mod tests {
             max_concurrency,
             max_in_flight: 16,
             configuration_set_name: None,
+            recipient_hash_key: SecretKey("a-test-key-of-16+chars".into()),
         }
     }
 

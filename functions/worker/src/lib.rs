@@ -4,18 +4,20 @@
 mod config;
 pub mod ses;
 
-pub use config::Config;
+pub use config::{Config, SecretKey};
 
 use aws_config::{SdkConfig, retry::RetryConfig};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent};
 use newsletter::{
+    TaskId,
     deliver::{Mailer, SendPolicy, Sender},
     directory::ContactDirectory,
+    domain::RecipientRefs,
     dynamo::DynamoStore,
     queue::{DeadLetterQueue, MessageQueue, SqsQueue},
-    tasks::{ChunkStore, PlanStore, TaskStore},
-    work::{QueueRecord, SweepReport, Worker},
+    tasks::{ChunkStore, PauseStore, PlanStore, TaskStore},
+    work::{QueueRecord, ResumeReport, SweepReport, Worker},
 };
 use serde::{Deserialize, Serialize};
 use ses::{SesContactList, SesMailer};
@@ -76,7 +78,8 @@ pub fn build(
                 config.max_concurrency,
                 config.max_in_flight,
             ),
-        ),
+        )
+        .with_recipient_refs(RecipientRefs::new(config.recipient_hash_key.0.as_bytes())),
         DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table_name),
         config.chunk_size()?,
     );
@@ -87,13 +90,22 @@ pub fn build(
     })
 }
 
-/// What the worker is invoked with: a batch from the jobs queue, or the schedule's sweep.
+/// What the worker is invoked with: a batch from the jobs queue, the schedule's sweep, or an
+/// operator's resume of a paused task.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum WorkerEvent {
     /// `{"sweep": "dead-letters"}`, from the template's schedule.
     Sweep(SweepRequest),
+    /// `{"resume": "<task id>"}` (`events/resume-task.json`), once the cause of a pause is fixed.
+    Resume(ResumeRequest),
     Batch(SqsEvent),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    pub resume: TaskId,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +125,7 @@ pub enum SweepTarget {
 pub enum WorkerResponse {
     Batch(SqsBatchResponse),
     Sweep(SweepReport),
+    Resume(ResumeReport),
 }
 
 /// Handles one invocation. A batch's failed records are reported by message id, and a failure
@@ -125,7 +138,7 @@ where
     Q: MessageQueue,
     D: ContactDirectory,
     M: Mailer,
-    S: TaskStore + PlanStore + ChunkStore,
+    S: TaskStore + PlanStore + ChunkStore + PauseStore,
     L: DeadLetterQueue,
 {
     let deadline = invocation_deadline(event.context.deadline, function.time_limit);
@@ -136,6 +149,11 @@ where
                 .sweep_dead_letters(&function.dead_letters, deadline)
                 .await;
             return Ok(WorkerResponse::Sweep(report));
+        }
+        WorkerEvent::Resume(ResumeRequest { resume }) => {
+            // An error goes back to the operator who invoked it; running it again is safe.
+            let report = function.worker.resume(resume).await?;
+            return Ok(WorkerResponse::Resume(report));
         }
         WorkerEvent::Batch(batch) => batch,
     };

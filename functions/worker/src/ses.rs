@@ -16,6 +16,7 @@ use newsletter::{
     directory::{ContactDirectory, ContactPage, DirectoryError},
     domain::{EmailAddress, Topic},
     render::RenderedEmail,
+    tasks::PauseCode,
 };
 
 /// Contacts per `ListContacts` page: the API's maximum, so a million contacts take 1,000 calls.
@@ -191,20 +192,190 @@ impl Mailer for SesMailer {
         match result {
             Ok(_) => Ok(()),
             Err(err) => {
-                let reason = describe(&err);
-                match err.into_service_error() {
-                    // This email will never be accepted as it is; retrying would only repeat it.
-                    SendEmailError::MessageRejected(_) | SendEmailError::BadRequestException(_) => {
-                        Err(SendError::Permanent(reason))
-                    }
-                    // The account's send rate ("Maximum sending rate exceeded").
-                    SendEmailError::TooManyRequestsException(_) => {
-                        Err(SendError::Throttled(reason))
-                    }
-                    // Timeouts, 5xx, paused sending, the daily quota: later.
-                    _ => Err(SendError::Transient(reason)),
-                }
+                // SES may quote the recipient's address: it never reaches a log line.
+                let reason = redact(&describe(&err), to.as_str());
+                Err(classify(
+                    &err.into_service_error(),
+                    &self.from_address,
+                    reason,
+                ))
             }
         }
+    }
+}
+
+/// What a refused `SendEmail` means for the rest of the list: only this address, every send of
+/// the account (the task pauses), the send rate, or a passing fault.
+fn classify(error: &SendEmailError, from_address: &str, reason: String) -> SendError {
+    let message = error.message().unwrap_or_default().to_ascii_lowercase();
+    match error {
+        // Production: the sender; the sandbox: the recipients ("Email address is not verified.
+        // The following identities failed the check...: <addresses>"). moto says the same.
+        SendEmailError::MessageRejected(_) if message.contains("not verified") => {
+            if message.contains(&from_address.to_ascii_lowercase()) {
+                SendError::AccountWide(PauseCode::SenderNotVerified)
+            } else {
+                SendError::AccountWide(PauseCode::RecipientNotVerified)
+            }
+        }
+        // This email will never be accepted as it is; retrying would only repeat it.
+        SendEmailError::MessageRejected(_) | SendEmailError::BadRequestException(_) => {
+            SendError::Permanent(reason)
+        }
+        SendEmailError::MailFromDomainNotVerifiedException(_) => {
+            SendError::AccountWide(PauseCode::SenderNotVerified)
+        }
+        SendEmailError::AccountSuspendedException(_) => {
+            SendError::AccountWide(PauseCode::AccountSuspended)
+        }
+        SendEmailError::SendingPausedException(_) => {
+            SendError::AccountWide(PauseCode::SendingPaused)
+        }
+        // The configuration set (the contact list was read when planning).
+        SendEmailError::NotFoundException(_) => {
+            SendError::AccountWide(PauseCode::ConfigurationSetMissing)
+        }
+        SendEmailError::LimitExceededException(_) => {
+            SendError::AccountWide(PauseCode::DailyQuotaExceeded)
+        }
+        // "Daily message quota exceeded" is the 24-hour quota, not the rate.
+        SendEmailError::TooManyRequestsException(_) if message.contains("quota") => {
+            SendError::AccountWide(PauseCode::DailyQuotaExceeded)
+        }
+        // The account's send rate ("Maximum sending rate exceeded").
+        SendEmailError::TooManyRequestsException(_) => SendError::Throttled(reason),
+        _ if matches!(error.code(), Some("AccessDeniedException" | "AccessDenied")) => {
+            SendError::AccountWide(PauseCode::AccessDenied)
+        }
+        // Timeouts, 5xx: later.
+        _ => SendError::Transient(reason),
+    }
+}
+
+/// `text` with every occurrence of `address` (in any case) replaced by `<recipient>`.
+fn redact(text: &str, address: &str) -> String {
+    if address.is_empty() {
+        return text.to_owned();
+    }
+    // ASCII lower-casing keeps byte offsets, so positions found in the copy hold in `text`.
+    let (lower, needle) = (text.to_ascii_lowercase(), address.to_ascii_lowercase());
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (start, _) in lower.match_indices(&needle) {
+        redacted.push_str(&text[rest..start]);
+        redacted.push_str("<recipient>");
+        rest = start + needle.len();
+    }
+    redacted.push_str(&text[rest..]);
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sesv2::error::ErrorMetadata;
+    use aws_sdk_sesv2::types::error::{
+        AccountSuspendedException, LimitExceededException, MessageRejected, NotFoundException,
+        SendingPausedException, TooManyRequestsException,
+    };
+
+    const FROM: &str = "News@Example.com";
+
+    fn classified(error: SendEmailError) -> SendError {
+        classify(&error, FROM, "reason".into())
+    }
+
+    fn rejected(message: &str) -> SendEmailError {
+        SendEmailError::MessageRejected(MessageRejected::builder().message(message).build())
+    }
+
+    #[test]
+    fn account_wide_refusals_are_told_from_per_address_ones() {
+        let account = |code| SendError::AccountWide(code);
+        assert_eq!(
+            classified(rejected("Email address not verified news@example.com")),
+            account(PauseCode::SenderNotVerified),
+            "moto's and production's unverified sender"
+        );
+        assert_eq!(
+            classified(rejected(
+                "Email address is not verified. The following identities failed the check in region US-EAST-1: reader@x.io"
+            )),
+            account(PauseCode::RecipientNotVerified),
+            "the sandbox"
+        );
+        assert_eq!(
+            classified(rejected("Illegal address")),
+            SendError::Permanent("reason".into())
+        );
+        assert_eq!(
+            classified(SendEmailError::AccountSuspendedException(
+                AccountSuspendedException::builder().build()
+            )),
+            account(PauseCode::AccountSuspended)
+        );
+        assert_eq!(
+            classified(SendEmailError::SendingPausedException(
+                SendingPausedException::builder().build()
+            )),
+            account(PauseCode::SendingPaused)
+        );
+        assert_eq!(
+            classified(SendEmailError::NotFoundException(
+                NotFoundException::builder()
+                    .message("Configuration set <news> does not exist.")
+                    .build()
+            )),
+            account(PauseCode::ConfigurationSetMissing)
+        );
+        assert_eq!(
+            classified(SendEmailError::LimitExceededException(
+                LimitExceededException::builder().build()
+            )),
+            account(PauseCode::DailyQuotaExceeded)
+        );
+        assert_eq!(
+            classified(SendEmailError::TooManyRequestsException(
+                TooManyRequestsException::builder()
+                    .message("Daily message quota exceeded.")
+                    .build()
+            )),
+            account(PauseCode::DailyQuotaExceeded)
+        );
+        assert_eq!(
+            classified(SendEmailError::TooManyRequestsException(
+                TooManyRequestsException::builder()
+                    .message("Maximum sending rate exceeded.")
+                    .build()
+            )),
+            SendError::Throttled("reason".into())
+        );
+        assert_eq!(
+            classified(SendEmailError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User: arn:aws:sts::123456789012:assumed-role/worker is not authorized to perform: ses:SendEmail")
+                    .build()
+            )),
+            account(PauseCode::AccessDenied)
+        );
+        assert_eq!(
+            classified(SendEmailError::generic(
+                ErrorMetadata::builder().code("InternalFailure").build()
+            )),
+            SendError::Transient("reason".into())
+        );
+    }
+
+    #[test]
+    fn the_recipient_s_address_is_cut_out_of_error_text() {
+        assert_eq!(
+            redact(
+                "MessageRejected: Address blacklisted: Reader@X.io (reader@x.io)",
+                "reader@x.io"
+            ),
+            "MessageRejected: Address blacklisted: <recipient> (<recipient>)"
+        );
+        assert_eq!(redact("no address here", "reader@x.io"), "no address here");
     }
 }

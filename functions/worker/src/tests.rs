@@ -104,7 +104,7 @@ fn event(records: Vec<SqsMessage>) -> LambdaEvent<WorkerEvent> {
 async fn batch(function: &TestFunction, records: Vec<SqsMessage>) -> SqsBatchResponse {
     match handle(function, event(records)).await.unwrap() {
         WorkerResponse::Batch(response) => response,
-        WorkerResponse::Sweep(report) => panic!("a batch was answered as a sweep: {report:?}"),
+        other => panic!("a batch was answered as something else: {other:?}"),
     }
 }
 
