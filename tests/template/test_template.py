@@ -216,7 +216,29 @@ def check_tables(t):
     return problems
 
 
-CHECKS = [check_functions, check_sqs_events, check_queues, check_http_api_auth, check_routes, check_tables]
+def check_recipient_hash_key(t):
+    """The worker's log-hash key comes from a secret the stack generates, never from text in the template."""
+    secrets = resources(t, "AWS::SecretsManager::Secret")
+    value = variables(function_props(t, t["Resources"]["WorkerFunction"])).get("RECIPIENT_HASH_KEY")
+    sub = value.get("Fn::Sub") if isinstance(value, dict) else None
+    names = [name for name in secrets if sub == f"{{{{resolve:secretsmanager:${{{name}}}:SecretString}}}}"]
+    if not names:
+        return [f"WorkerFunction: RECIPIENT_HASH_KEY is {value!r}, want a dynamic reference to a secret of this template"]
+    generated = secrets[names[0]]["Properties"].get("GenerateSecretString", {})
+    if "SecretString" in secrets[names[0]]["Properties"] or generated.get("PasswordLength", 32) < 32:
+        return [f"{names[0]}: the key must be generated (GenerateSecretString, at least 32 characters)"]
+    return []
+
+
+CHECKS = [
+    check_functions,
+    check_sqs_events,
+    check_queues,
+    check_http_api_auth,
+    check_routes,
+    check_tables,
+    check_recipient_hash_key,
+]
 
 
 def problems(t):
@@ -338,6 +360,14 @@ MUTATIONS = {
     "accept given the table arn": (
         {f"{ACCEPT}.Environment.Variables.TABLE_NAME": {"Fn::GetAtt": ["TasksTable", "Arn"]}},
         "AcceptFunction: TABLE_NAME is",
+    ),
+    "hash key in the template": (
+        {f"{WORKER}.Environment.Variables.RECIPIENT_HASH_KEY": "not-so-secret-key"},
+        "RECIPIENT_HASH_KEY is 'not-so-secret-key'",
+    ),
+    "hash key written down": (
+        {"Resources.RecipientHashKey.Properties.SecretString": "not-so-secret-key"},
+        "RecipientHashKey: the key must be generated",
     ),
     "x86_64": ({"Globals.Function.Architectures": ["x86_64"]}, "Architectures is ['x86_64']"),
     "old runtime": ({f"{ACCEPT}.Runtime": "provided.al2"}, "Runtime is 'provided.al2'"),

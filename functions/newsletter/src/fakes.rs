@@ -940,14 +940,14 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
     }
 }
 
-#[cfg(test)]
-mod contract {
-    crate::store_contract!(super::MemoryStore::default());
-}
-
 fn topic_names(topics: &[crate::domain::Topic]) -> Vec<String> {
     topics
         .iter()
         .map(|topic| topic.as_str().to_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod contract {
+    crate::store_contract!(super::MemoryStore::default());
 }

@@ -207,7 +207,15 @@ impl Mailer for SesMailer {
 /// What a refused `SendEmail` means for the rest of the list: only this address, every send of
 /// the account (the task pauses), the send rate, or a passing fault.
 fn classify(error: &SendEmailError, from_address: &str, reason: String) -> SendError {
-    let message = error.message().unwrap_or_default().to_ascii_lowercase();
+    // The modeled errors' own message (what the wire said), else the generic metadata's.
+    let message = match error {
+        SendEmailError::MessageRejected(rejected) => rejected.message(),
+        SendEmailError::TooManyRequestsException(throttled) => throttled.message(),
+        _ => None,
+    }
+    .or_else(|| error.message())
+    .unwrap_or_default()
+    .to_ascii_lowercase();
     match error {
         // Production: the sender; the sandbox: the recipients ("Email address is not verified.
         // The following identities failed the check...: <addresses>"). moto says the same.
