@@ -607,3 +607,34 @@ async fn a_store_outage_is_503_and_nothing_is_queued() {
         503
     );
 }
+
+#[tokio::test]
+async fn the_drafts_quoted_key_and_the_bare_token_are_one_key() {
+    let app = app();
+    let body = valid_body().to_string();
+    let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    let quoted = send(&app, with_key(&format!("\"{uuid}\""), &body)).await;
+    let bare = send(&app, with_key(uuid, &body)).await;
+
+    assert_eq!((quoted.status, bare.status), (202, 202));
+    assert_eq!(quoted.body["task_id"], bare.body["task_id"]);
+    assert_eq!(app.queue.sent.lock().unwrap().len(), 1);
+    assert_eq!(app.store.task_count(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_quoted_key_is_400() {
+    for key in [r#""unterminated"#, r#""a"; expires=1"#, r#""""#] {
+        let mut request = post_json(&valid_body().to_string());
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        let answer = problem(request).await;
+        assert_eq!(answer.status, 400, "{key:?}");
+        assert_eq!(
+            answer.body["detail"],
+            "Idempotency-Key must be a quoted string (\"...\") or a token of 1 to 255 visible \
+             ASCII characters"
+        );
+    }
+}
