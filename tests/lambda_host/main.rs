@@ -452,3 +452,84 @@ async fn a_message_dead_lettered_by_kills_is_accounted_on_its_task() {
     assert_eq!(task.failures[0].part, "planning page 0", "{task:?}");
     assert!(task.recipients.all_accounted_for(), "{task:?}");
 }
+
+/// The accept bootstrap as Lambda runs it, fed every API Gateway, function URL or ALB event of
+/// `events/`: each must come back as a response (never an invocation error, which API Gateway
+/// turns into a bare 502), and none a 5xx. lambda_http's own conversion panicked on two of them.
+#[tokio::test]
+async fn the_accept_bootstrap_answers_every_http_event_in_events() {
+    let profile = std::env::var("LAMBDA_HOST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let bootstrap =
+        lambda_host::build_bootstrap("accept", &["accept", "worker", "bench"], &profile)
+            .expect("the accept bootstrap builds");
+    let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
+    let moto = MotoServer::start(0).expect("local AWS starts");
+    let endpoints = Endpoints {
+        aws: moto.endpoint(),
+        dynamodb,
+    };
+    let aws = local_stack::sdk_config(&endpoints).await;
+    let settings = Settings {
+        table_name: local_stack::dynamodb_local::unique_table_name("lambda-host-accept"),
+        ..Settings::default()
+    };
+    let provisioned = local_stack::provision(&aws, &settings)
+        .await
+        .expect("local AWS is provisioned");
+    let log = local_stack::repository_root().join("target/lambda-host/accept-events.log");
+    let _ = std::fs::remove_file(&log);
+    let mut environment: Vec<(String, String)> = local_stack::sdk_environment(&endpoints)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    environment.push(("QUEUE_URL".into(), provisioned.queue_url.clone()));
+    environment.push(("TABLE_NAME".into(), settings.table_name.clone()));
+    let function = FunctionConfig::new("accept", &bootstrap, &log)
+        .timeout(Duration::from_secs(10))
+        .env(environment);
+    let mut instance = lambda_host::Instance::spawn(&function, 0)
+        .await
+        .expect("an instance starts");
+    instance.ready().await.expect("it initialises");
+
+    let mut answered = Vec::new();
+    let directory = local_stack::repository_root().join("events");
+    let mut files: Vec<_> = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let event = std::fs::read(&path).unwrap();
+        if serde_json::from_slice::<lambda_http::request::LambdaRequest>(&event).is_err() {
+            continue; // an SQS event or a request body: not for this function
+        }
+        let invoked = instance
+            .invoke(bytes::Bytes::from(event), std::future::pending())
+            .await
+            .expect("the host invokes");
+        let lambda_host::Ending::Response(answer) = invoked.ending else {
+            panic!(
+                "{name}: {:?} instead of a response; see {}",
+                invoked.ending,
+                log.display()
+            );
+        };
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let status = answer["statusCode"].as_u64().unwrap();
+        assert!(status < 500, "{name}: {answer}");
+        answered.push((name, status));
+    }
+    instance.kill().await;
+    for (fixture, status) in [
+        ("rest-api-console-test.json", 404),
+        ("http-api-post-bad-base64.json", 400),
+        ("http-api-post.json", 202),
+    ] {
+        assert!(
+            answered.contains(&(fixture.to_owned(), status)),
+            "{fixture} must get {status}: {answered:?}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! `GET /newsletters/{task_id}` tells how it is going. Routes, checks the media type and headers,
 //! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
+pub mod event;
 mod problem;
 
 use lambda_http::{

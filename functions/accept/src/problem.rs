@@ -163,3 +163,24 @@ impl From<AcceptError> for Problem {
         }
     }
 }
+
+impl From<crate::event::EventError> for Problem {
+    fn from(err: crate::event::EventError) -> Self {
+        use crate::event::EventError;
+        let detail = err.to_string();
+        match err {
+            EventError::BodyNotBase64 => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "body-not-base64",
+                "Body is not base64",
+                detail,
+            ),
+            EventError::Unreadable => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-event",
+                "Unreadable request",
+                detail,
+            ),
+        }
+    }
+}

@@ -607,3 +607,82 @@ async fn a_store_outage_is_503_and_nothing_is_queued() {
         503
     );
 }
+
+#[tokio::test]
+async fn the_drafts_quoted_key_and_the_bare_token_are_one_key() {
+    let app = app();
+    let body = valid_body().to_string();
+    let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    let quoted = send(&app, with_key(&format!("\"{uuid}\""), &body)).await;
+    let bare = send(&app, with_key(uuid, &body)).await;
+
+    assert_eq!((quoted.status, bare.status), (202, 202));
+    assert_eq!(quoted.body["task_id"], bare.body["task_id"]);
+    assert_eq!(app.queue.sent.lock().unwrap().len(), 1);
+    assert_eq!(app.store.task_count(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_quoted_key_is_400() {
+    for key in [r#""unterminated"#, r#""a"; expires=1"#, r#""""#] {
+        let mut request = post_json(&valid_body().to_string());
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        let answer = problem(request).await;
+        assert_eq!(answer.status, 400, "{key:?}");
+        assert_eq!(
+            answer.body["detail"],
+            "Idempotency-Key must be a quoted string (\"...\") or a token of 1 to 255 visible \
+             ASCII characters"
+        );
+    }
+}
+
+#[tokio::test]
+async fn characters_sqs_refuses_are_a_422_naming_the_field() {
+    // Both spellings of U+FFFE in JSON: raw UTF-8, and the \u escape (what most encoders write).
+    let raw = json!({
+        "subject": "Digest \u{FFFE}",
+        "sections": [{"topic": "rust", "title": "T", "body": "B\u{FFFF}"}]
+    })
+    .to_string();
+    let escaped = r#"{"subject": "Digest \uFFFE",
+        "sections": [{"topic": "rust", "title": "T", "body": "B\uFFFF"}]}"#;
+    for body in [raw.as_str(), escaped] {
+        let answer = problem(post_json(body)).await;
+        assert_eq!(answer.status, 422, "{body}");
+        let pointers: Vec<&str> = answer.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|error| error["pointer"].as_str().unwrap())
+            .collect();
+        assert_eq!(pointers, ["#/subject", "#/sections/0/body"], "{body}");
+        assert!(
+            answer.body["errors"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("must not contain U+FFFE:")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subject_or_title_of_invisible_characters_is_a_422() {
+    let body = json!({
+        "subject": "\u{200B}\u{200D}\u{FEFF}",
+        "sections": [{"topic": "rust", "title": "\u{202E}\u{2066}\u{200E}", "body": "B"}]
+    });
+    let answer = problem(post_json(&body.to_string())).await;
+    assert_eq!(answer.status, 422);
+    let visible =
+        "must hold at least one visible character, not only invisible formatting characters";
+    assert_eq!(
+        answer.body["errors"],
+        json!([
+            {"pointer": "#/subject", "detail": visible},
+            {"pointer": "#/sections/0/title", "detail": visible}
+        ])
+    );
+}

@@ -33,6 +33,7 @@ mod recipient_ref;
 mod section;
 mod subject;
 mod task_id;
+mod text;
 mod topic;
 
 pub use email_address::EmailAddress;
@@ -51,7 +52,7 @@ pub struct Invalid(pub String);
 
 /// One line of text: trimmed, 1 to `max_chars` characters (Unicode scalar values, which is what a
 /// caller means by "200 characters"), no control characters (CR and LF among them) and no Unicode
-/// line or paragraph separators.
+/// line or paragraph separators, nothing the queue cannot carry, and something a reader can see.
 fn parse_single_line(raw: &str, max_chars: usize) -> Result<String, Invalid> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -66,5 +67,7 @@ fn parse_single_line(raw: &str, max_chars: usize) -> Result<String, Invalid> {
             "must not contain control characters or line breaks".into(),
         ));
     }
+    text::reject_uncarriable(trimmed)?;
+    text::require_visible(trimmed)?;
     Ok(trimmed.to_owned())
 }

@@ -318,6 +318,22 @@ mod tests {
     }
 
     #[test]
+    fn characters_sqs_refuses_are_reported_at_their_fields() {
+        let errors = errors_of(json!({
+            "subject": "Digest \u{FFFE}",
+            "sections": [
+                {"topic": "rust", "title": "\u{200B}", "body": "ok"},
+                {"topic": "aws", "title": "T", "body": "tail \u{FFFF}"}
+            ]
+        }));
+        let pointers: Vec<&str> = errors.iter().map(|(pointer, _)| pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            ["#/subject", "#/sections/0/title", "#/sections/1/body"]
+        );
+    }
+
+    #[test]
     fn serde_round_trip_keeps_the_invariants() {
         let newsletter =
             Newsletter::from_json(&json!({"subject": "Hi", "sections": [section("rust")]}))

@@ -26,7 +26,8 @@ impl SectionTitle {
 
 string_newtype!(SectionTitle);
 
-/// A section's content in CommonMark. Not blank. Raw HTML inside it is escaped when rendered.
+/// A section's content in CommonMark. Not blank, and only characters the queue can carry. Raw HTML
+/// inside it is escaped when rendered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MarkdownBody(String);
@@ -36,6 +37,7 @@ impl MarkdownBody {
         if raw.trim().is_empty() {
             return Err(Invalid("must not be empty".into()));
         }
+        super::text::reject_uncarriable(raw)?;
         Ok(Self(raw.to_owned()))
     }
 }
@@ -61,6 +63,34 @@ mod tests {
         assert_eq!(
             SectionTitle::parse("two\nlines").unwrap_err().0,
             "must not contain control characters or line breaks"
+        );
+    }
+
+    #[test]
+    fn title_and_body_hold_only_what_sqs_carries() {
+        assert!(
+            SectionTitle::parse("Notes\u{FFFF}")
+                .unwrap_err()
+                .0
+                .starts_with("must not contain U+FFFF:")
+        );
+        for raw in ["text \u{FFFE}", "bell \u{7}", "form feed \u{C}"] {
+            assert!(
+                MarkdownBody::parse(raw)
+                    .unwrap_err()
+                    .0
+                    .starts_with("must not contain U+"),
+                "{raw:?}"
+            );
+        }
+        assert!(MarkdownBody::parse("tabs\t and\r\n lines \u{10FFFD}").is_ok());
+    }
+
+    #[test]
+    fn a_title_must_be_visible() {
+        assert_eq!(
+            SectionTitle::parse("\u{200B}\u{200D}").unwrap_err().0,
+            "must hold at least one visible character, not only invisible formatting characters"
         );
     }
 

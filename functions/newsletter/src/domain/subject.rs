@@ -64,6 +64,38 @@ mod tests {
     }
 
     #[test]
+    fn rejects_what_sqs_refuses_naming_the_character() {
+        for (raw, named) in [("Hi \u{FFFE}", "U+FFFE"), ("\u{FFFF}Hi", "U+FFFF")] {
+            let detail = Subject::parse(raw).unwrap_err().0;
+            assert!(
+                detail.starts_with(&format!("must not contain {named}:")),
+                "{detail}"
+            );
+        }
+        assert!(
+            Subject::parse("Hi \u{1FFFE} \u{FFFD}").is_ok(),
+            "SQS takes these"
+        );
+    }
+
+    #[test]
+    fn a_subject_of_invisible_characters_is_not_a_subject() {
+        for raw in [
+            "\u{200B}",
+            "\u{200E}\u{202E}\u{2066}",
+            " \u{FEFF}\u{2060} ",
+            "\u{3164}",
+        ] {
+            assert_eq!(
+                Subject::parse(raw).unwrap_err().0,
+                "must hold at least one visible character, not only invisible formatting characters",
+                "{raw:?}"
+            );
+        }
+        assert!(Subject::parse("\u{200F}שלום").is_ok());
+    }
+
+    #[test]
     fn deserializing_applies_the_same_rules() {
         assert!(serde_json::from_str::<Subject>(r#""a\r\nb""#).is_err());
         let subject: Subject = serde_json::from_str(r#"" ok ""#).unwrap();
