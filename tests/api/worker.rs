@@ -274,3 +274,62 @@ async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue() {
         "the good job around it was delivered"
     );
 }
+
+/// Every log line the test's thread writes, as the JSON the functions log in Lambda.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_name_recipients_by_their_keyed_hash_never_by_address() {
+    use lambda_runtime::tracing::{Dispatch, dispatcher, subscriber};
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let _capture = dispatcher::set_default(&Dispatch::new(
+        subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish(),
+    ));
+    let addresses = ["ok1@example.com", "bounce1@example.com"];
+    let audience = Audience {
+        topics: vec![topic("rust", Status::OptIn)],
+        subscribers: addresses
+            .iter()
+            .map(|address| subscriber(address.to_string(), &[], false))
+            .collect(),
+    };
+    // The local SES refuses bounce1 as SES does, quoting the address in its error text.
+    let app = app_with(audience, &[("LOCAL_SES_REJECT", "^bounce")]).await;
+    let body = json!({"subject": "S", "sections": [{"topic": "rust", "title": "T", "body": "B"}]})
+        .to_string();
+    assert_eq!(app.post_newsletter(&body).await.status(), 202);
+    app.run_worker_until_queue_is_empty().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for address in addresses {
+        assert!(!text.contains(address), "{address} in the logs:\n{text}");
+    }
+    let bounced =
+        newsletter::domain::RecipientRefs::new(local_stack::LOCAL_RECIPIENT_HASH_KEY.as_bytes())
+            .of(&newsletter::domain::EmailAddress::parse("bounce1@example.com").unwrap());
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("email rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{text}");
+    assert!(
+        rejected[0].contains(bounced.as_str()) && rejected[0].contains("<recipient>"),
+        "the line names the recipient by hash and keeps SES's reason without the address: {}",
+        rejected[0]
+    );
+}
