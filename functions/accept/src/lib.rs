@@ -12,7 +12,7 @@ use newsletter::{
     IdempotencyKey, TaskId,
     queue::MessageQueue,
     status::{StatusError, task_status},
-    submit::{SubmitError, submit},
+    submit::{Deadline, SubmitError, submit},
     tasks::{IdempotencyStore, TaskRecord, TaskStore},
 };
 use problem::Problem;
@@ -98,7 +98,9 @@ where
         result.unwrap_or_else(|err| {
             if !matches!(
                 err,
-                AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_))
+                AcceptError::Submit(
+                    SubmitError::Queue(_) | SubmitError::Store(_) | SubmitError::InDoubt { .. }
+                )
             ) {
                 tracing::info!(reason = %err, "request rejected"); // failures are logged with their task
             }
@@ -120,12 +122,20 @@ where
                 )
             }
         };
+        // Every call is bounded by the invocation's deadline, so the function answers (503 at
+        // worst) before Lambda would stop it.
+        let deadline = Deadline::of_invocation(
+            request
+                .lambda_context_ref()
+                .map(|context| context.deadline()),
+        );
         // lambda_http has already decoded a base64 body (`isBase64Encoded`) into bytes.
         Ok(submit(
             &self.queue,
             &self.store,
             request.body().as_ref(),
             key.as_ref(),
+            &deadline,
         )
         .await?)
     }

@@ -12,11 +12,14 @@ async fn main() -> Result<(), Error> {
 
     let queue_url = config::required("QUEUE_URL")?;
     let table_name = config::required("TABLE_NAME")?;
-    // The caller is waiting: bound the time a struggling SQS can hold a request before the 503.
+    // The caller is waiting. Each call is cut off at the invocation's deadline (`submit`), so
+    // these only keep one struggling attempt from using up a request's time: well below the
+    // 10 s function timeout, leaving room for the SDK's retries, the withdraw and the answer.
     let aws = sdk::load(
         TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_millis(500))
+            .operation_attempt_timeout(Duration::from_millis(1500))
+            .operation_timeout(Duration::from_secs(4))
             .build(),
     )
     .await?;

@@ -10,7 +10,8 @@ use crate::message::{DecodeError, Delivery, Job, Message};
 use crate::planning::{PagePlan, plan_page};
 use crate::queue::{DeadLetterQueue, MessageQueue, QueueError};
 use crate::tasks::{
-    Accounting, ChunkStore, Holder, PageState, PartFailure, PlanStore, StoreError, TaskStore,
+    Accounting, ChunkStore, Holder, PageState, PartFailure, PlanStore, StoreError, TaskStatus,
+    TaskStore,
 };
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
@@ -181,6 +182,9 @@ where
     /// messages is queued, so a retry at any step queues the same messages again (duplicates of
     /// deliveries change nothing; a duplicate of the next page's job finds that page planned).
     async fn plan(&self, job: &Job) -> Result<(), WorkError> {
+        if self.withdrawn(job).await? {
+            return Ok(());
+        }
         let plan = match self.store.page_state(job.task_id, job.page()).await? {
             PageState::Enqueued => {
                 tracing::info!(page = job.page(), "page already planned and queued");
@@ -189,10 +193,29 @@ where
             PageState::Planned(plan) => plan,
             PageState::Unplanned => {
                 let plan = self.read_page(job).await?;
-                self.store.record_page(job.task_id, plan).await?
+                match self.store.record_page(job.task_id, plan).await {
+                    Ok(plan) => plan,
+                    // Withdrawn since the look above: that is why the page was refused.
+                    Err(_) if self.withdrawn(job).await? => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
             }
         };
         self.enqueue_page(job, &plan).await
+    }
+
+    /// Whether the job's task is withdrawn (its accept answered 503, so it is never planned:
+    /// the job is dropped). A job of a task that has no record is not planned either, but
+    /// fails, so that it ends in the dead-letter queue for someone to look at.
+    async fn withdrawn(&self, job: &Job) -> Result<bool, WorkError> {
+        let Some(task) = self.store.get(job.task_id).await? else {
+            return Err(WorkError::UnknownTask(job.task_id));
+        };
+        let withdrawn = task.status == TaskStatus::Withdrawn;
+        if withdrawn {
+            tracing::info!(page = job.page(), "job of a withdrawn task dropped");
+        }
+        Ok(withdrawn)
     }
 
     /// Reads the page the job points at and plans it.
