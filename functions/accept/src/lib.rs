@@ -4,6 +4,7 @@
 
 mod problem;
 
+use aws_config::timeout::TimeoutConfig;
 use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{Method, StatusCode, header},
@@ -17,11 +18,23 @@ use newsletter::{
 };
 use problem::Problem;
 use serde::Serialize;
+use std::time::Duration;
 
 pub const NEWSLETTERS_PATH: &str = "/newsletters";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client polling an unfinished task should wait before asking again.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
+
+/// The SDK's timeouts for the accept function. Each call is also cut off at the invocation's
+/// deadline (`submit`); these keep one struggling attempt from using up a request's time: well
+/// below the 10 s function timeout, with room for the SDK's retries, the withdraw and the answer.
+pub fn sdk_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .operation_attempt_timeout(Duration::from_millis(1500))
+        .operation_timeout(Duration::from_secs(4))
+        .build()
+}
 
 /// The accept function's state, built once at init and shared by every invocation.
 pub struct App<Q, S> {

@@ -414,9 +414,19 @@ where
         let task_id = message.task_id();
         let span = tracing::info_span!("task", %task_id);
         async {
-            if self.store.get(task_id).await?.is_none() {
-                tracing::warn!("a dead letter names a task without a record; nothing to account");
-                return Ok(true);
+            match self.store.get(task_id).await? {
+                None => {
+                    tracing::warn!(
+                        "a dead letter names a task without a record; nothing to account"
+                    );
+                    return Ok(true);
+                }
+                // Final, and nothing of it is delivered: there is nothing to account either.
+                Some(task) if task.status == TaskStatus::Withdrawn => {
+                    tracing::info!("a dead letter of a withdrawn task; nothing to account");
+                    return Ok(true);
+                }
+                Some(_) => {}
             }
             match &message {
                 Message::Delivery(delivery) => {

@@ -316,7 +316,6 @@ async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
 #[tokio::test]
 async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
     let system = System::new();
-    let queue = AcceptQueue::new(&system, [Send::LostAfterTheWorkerRan]);
     let fingerprint =
         fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap());
     // The request queued its job (the worker has done it) and died before marking its key.
@@ -346,7 +345,6 @@ async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
     );
     assert_eq!(system.queued(), 0, "nothing queued again");
     assert_eq!(system.emails(), SUBSCRIBERS);
-    drop(queue);
 }
 
 #[tokio::test(start_paused = true)]

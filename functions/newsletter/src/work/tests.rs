@@ -1268,3 +1268,18 @@ async fn a_task_withdrawn_while_its_page_is_read_is_not_planned() {
         PageState::Unplanned
     );
 }
+
+#[tokio::test]
+async fn a_dead_lettered_job_of_a_withdrawn_task_leaves_it_withdrawn() {
+    let worker = worker(directory(vec![]), RecordingMailer::default());
+    let job = job(&worker, &["rust"]).await;
+    worker.store.withdraw(job.task_id()).await.unwrap();
+    let dlq = MemoryDeadLetters::holding([job.encode()]);
+
+    let report = worker.sweep_dead_letters(&dlq, in_a_minute()).await;
+
+    assert_eq!((report.seen, report.accounted), (1, 1));
+    let withdrawn = task(&worker, job.task_id()).await;
+    assert_eq!(withdrawn.status, TaskStatus::Withdrawn, "not completed");
+    assert!(withdrawn.failures.is_empty(), "{:?}", withdrawn.failures);
+}
