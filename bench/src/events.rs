@@ -63,9 +63,15 @@ pub async fn plan_task(
     chunk_size: usize,
 ) -> anyhow::Result<PlannedTask> {
     let accepted = RecordingQueue::default();
-    let task_id = newsletter::submit::submit(&accepted, store, body, None)
-        .await
-        .context("the newsletter is not accepted")?;
+    let task_id = newsletter::submit::submit(
+        &accepted,
+        store,
+        body,
+        None,
+        &newsletter::submit::Deadline::of_invocation(None),
+    )
+    .await
+    .context("the newsletter is not accepted")?;
     let Some(Message::Job(job)) = accepted.take().pop() else {
         anyhow::bail!("accepting the newsletter queued no job");
     };

@@ -320,3 +320,40 @@ pub async fn spawn_app_behind_dynamodb_proxy(
     proxy.reset_stats();
     (app, proxy)
 }
+
+impl TestApp {
+    /// An accept handler like `app.accept`, with the SDK timeouts the function ships with, whose
+    /// SQS calls go through a [`SqsProxy`] in front of this app's moto (to lose or hold back
+    /// `SendMessage` answers); the store is the app's.
+    ///
+    /// [`SqsProxy`]: local_stack::sqs_proxy::SqsProxy
+    pub async fn accept_behind_sqs_proxy(
+        &self,
+    ) -> (App<SqsQueue, DynamoStore>, local_stack::sqs_proxy::SqsProxy) {
+        let proxy = local_stack::sqs_proxy::SqsProxy::start(&self.endpoint)
+            .await
+            .expect("the SQS proxy starts");
+        let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local");
+        let aws = local_stack::sdk_config(&Endpoints {
+            aws: proxy.endpoint(),
+            dynamodb,
+        })
+        .await
+        .into_builder()
+        .timeout_config(::accept::sdk_timeouts())
+        .build();
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), &self.stack.queue_url);
+        (App::new(queue, self.store.clone()), proxy)
+    }
+}
+
+/// `request` as Lambda hands it over: with an invocation deadline `time_limit` from now.
+pub fn with_deadline(request: Request, time_limit: Duration) -> Request {
+    let mut context = Context::default();
+    let deadline = SystemTime::now() + time_limit;
+    context.deadline = deadline
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    request.with_lambda_context(context)
+}

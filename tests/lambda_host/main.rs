@@ -128,9 +128,15 @@ impl Run {
             std::fs::read(local_stack::repository_root().join("events/newsletter.json"))
                 .expect("the sample newsletter");
         let queue = SqsQueue::new(sqs.clone(), &provisioned.queue_url);
-        let task_id = newsletter::submit::submit(&queue, &store, &newsletter, None)
-            .await
-            .expect("the newsletter is accepted");
+        let task_id = newsletter::submit::submit(
+            &queue,
+            &store,
+            &newsletter,
+            None,
+            &newsletter::submit::Deadline::of_invocation(None),
+        )
+        .await
+        .expect("the newsletter is accepted");
 
         let log =
             local_stack::repository_root().join(format!("target/lambda-host/{}.log", self.name));

@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -323,11 +324,7 @@ impl DynamoDbProxy {
     pub async fn start(upstream: &str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
-        let client = reqwest::Client::builder()
-            // Nothing between the proxy and DynamoDB Local, whatever HTTP_PROXY says.
-            .no_proxy()
-            .tcp_nodelay(true)
-            .build()?;
+        let client = forwarding_client()?;
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client,
@@ -335,31 +332,7 @@ impl DynamoDbProxy {
             counters: Mutex::default(),
         });
         let shared = state.clone();
-        let server = tokio::spawn(async move {
-            // Connections are tasks of this set, so that aborting this task ends them too.
-            let mut connections = JoinSet::new();
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    // Such as a connection reset before it was accepted, or out of descriptors
-                    // for a moment: the proxy goes on.
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                while connections.try_join_next().is_some() {}
-                // Small requests and answers: do not let Nagle hold them back.
-                let _ = stream.set_nodelay(true);
-                let state = shared.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = serve(listener, move |request| handle(shared.clone(), request));
         Ok(Self {
             address,
             state,
@@ -417,13 +390,54 @@ impl DynamoDbProxy {
     }
 }
 
+/// Serves HTTP/1 on `listener` with `handle`, as a task of the current Tokio runtime, until the
+/// task is aborted (connections end with it). Shared with the SQS proxy.
+pub(crate) fn serve<H, F>(listener: TcpListener, handle: H) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Reply, DroppedAnswer>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        // Connections are tasks of this set, so that aborting this task ends them too.
+        let mut connections = JoinSet::new();
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Such as a connection reset before it was accepted, or out of descriptors
+                // for a moment: the proxy goes on.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            while connections.try_join_next().is_some() {}
+            // Small requests and answers: do not let Nagle hold them back.
+            let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
+            connections.spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    })
+}
+
+/// A client for forwarding: nothing between a proxy and its upstream, whatever HTTP_PROXY says.
+pub(crate) fn forwarding_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+}
+
 impl Drop for DynamoDbProxy {
     fn drop(&mut self) {
         self.server.abort();
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -535,15 +549,25 @@ struct Capacity {
     write: Option<f64>,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Answer {
+    /// The answer as the proxy passes it back.
+    pub(crate) fn into_reply(self) -> Reply {
+        let mut response = Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
 }
 
 /// Returned by the service to make hyper close the connection without an answer.
 #[derive(Debug)]
-struct DroppedAnswer;
+pub(crate) struct DroppedAnswer;
 
 impl std::fmt::Display for DroppedAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -553,7 +577,7 @@ impl std::fmt::Display for DroppedAnswer {
 
 impl std::error::Error for DroppedAnswer {}
 
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Reply, DroppedAnswer> {
     let (parts, body) = request.into_parts();
@@ -582,7 +606,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Reply, 
     {
         return Ok(fault_answer(kind, transact_items));
     }
-    let answer = match forward(&state, parts, body).await {
+    let answer = match forward(&state.client, &state.upstream, parts, body).await {
         Ok(answer) => answer,
         Err(err) => {
             return Ok(reply(
@@ -595,12 +619,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Reply, 
     match fault {
         Some(FaultKind::DroppedConnection) => Err(DroppedAnswer),
         Some(FaultKind::LostAnswer) => Ok(fault_answer(FaultKind::LostAnswer, transact_items)),
-        _ => {
-            let mut response = Response::new(Full::new(answer.body));
-            *response.status_mut() = answer.status;
-            *response.headers_mut() = answer.headers;
-            Ok(response)
-        }
+        _ => Ok(answer.into_reply()),
     }
 }
 
@@ -625,15 +644,20 @@ fn ask_for_capacity(body: &Bytes) -> Bytes {
     Bytes::from(asked)
 }
 
-async fn forward(state: &State, parts: Parts, body: Bytes) -> Result<Answer, reqwest::Error> {
+/// Passes a request on to `upstream` as it came (but for the framing headers).
+pub(crate) async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Answer, reqwest::Error> {
     let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
     let mut headers = parts.headers;
     for name in NOT_FORWARDED {
         headers.remove(name);
     }
-    let response = state
-        .client
-        .request(parts.method, format!("{}{path}", state.upstream))
+    let response = client
+        .request(parts.method, format!("{upstream}{path}"))
         .headers(headers)
         .body(body)
         .send()

@@ -12,6 +12,7 @@ pub mod moto;
 pub mod outbox;
 pub mod provision;
 pub mod ses_endpoint;
+pub mod sqs_proxy;
 pub mod stack;
 pub mod subscribers;
 

@@ -5,6 +5,7 @@
 pub mod event;
 mod problem;
 
+use aws_config::timeout::TimeoutConfig;
 use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{Method, StatusCode, header},
@@ -13,16 +14,28 @@ use newsletter::{
     IdempotencyKey, TaskId,
     queue::MessageQueue,
     status::{StatusError, task_status},
-    submit::{SubmitError, submit},
+    submit::{Deadline, SubmitError, submit},
     tasks::{IdempotencyStore, TaskRecord, TaskStore},
 };
 use problem::Problem;
 use serde::Serialize;
+use std::time::Duration;
 
 pub const NEWSLETTERS_PATH: &str = "/newsletters";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client polling an unfinished task should wait before asking again.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
+
+/// The SDK's timeouts for the accept function. Each call is also cut off at the invocation's
+/// deadline (`submit`); these keep one struggling attempt from using up a request's time: well
+/// below the 10 s function timeout, with room for the SDK's retries, the withdraw and the answer.
+pub fn sdk_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .operation_attempt_timeout(Duration::from_millis(1500))
+        .operation_timeout(Duration::from_secs(4))
+        .build()
+}
 
 /// The accept function's state, built once at init and shared by every invocation.
 pub struct App<Q, S> {
@@ -99,7 +112,9 @@ where
         result.unwrap_or_else(|err| {
             if !matches!(
                 err,
-                AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_))
+                AcceptError::Submit(
+                    SubmitError::Queue(_) | SubmitError::Store(_) | SubmitError::InDoubt { .. }
+                )
             ) {
                 tracing::info!(reason = %err, "request rejected"); // failures are logged with their task
             }
@@ -121,12 +136,20 @@ where
                 )
             }
         };
+        // Every call is bounded by the invocation's deadline, so the function answers (503 at
+        // worst) before Lambda would stop it.
+        let deadline = Deadline::of_invocation(
+            request
+                .lambda_context_ref()
+                .map(|context| context.deadline()),
+        );
         // lambda_http has already decoded a base64 body (`isBase64Encoded`) into bytes.
         Ok(submit(
             &self.queue,
             &self.store,
             request.body().as_ref(),
             key.as_ref(),
+            &deadline,
         )
         .await?)
     }

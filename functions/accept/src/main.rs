@@ -1,10 +1,8 @@
 //! The `accept` Lambda: `POST /newsletters` → SQS → `202 Accepted`.
 
 use accept::App;
-use aws_config::timeout::TimeoutConfig;
 use lambda_http::{Error, lambda_runtime, service_fn};
 use newsletter::{config, dynamo::DynamoStore, queue::SqsQueue, sdk};
-use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -12,14 +10,8 @@ async fn main() -> Result<(), Error> {
 
     let queue_url = config::required("QUEUE_URL")?;
     let table_name = config::required("TABLE_NAME")?;
-    // The caller is waiting: bound the time a struggling SQS can hold a request before the 503.
-    let aws = sdk::load(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_timeout(Duration::from_secs(10))
-            .build(),
-    )
-    .await?;
+    // The caller is waiting: bound the time a struggling SQS or DynamoDB can hold a request.
+    let aws = sdk::load(accept::sdk_timeouts()).await?;
     let app = App::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
         DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table_name),

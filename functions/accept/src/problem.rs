@@ -1,11 +1,11 @@
 //! RFC 9457 problem details: the one place where errors become HTTP responses.
 
-use crate::{AcceptError, json_response};
+use crate::{AcceptError, NEWSLETTERS_PATH, json_response};
 use lambda_http::{
     Body, Response,
     http::{StatusCode, header},
 };
-use newsletter::{FieldError, status::StatusError, submit::SubmitError};
+use newsletter::{FieldError, TaskId, status::StatusError, submit::SubmitError};
 use serde::Serialize;
 
 /// Seconds a caller should wait before retrying after a dependency failed.
@@ -23,6 +23,10 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
+    /// The task whose job may be queued after all, for the caller to look up (an extension
+    /// member, RFC 9457 section 3.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<TaskId>,
     #[serde(skip)]
     headers: Vec<(header::HeaderName, String)>,
 }
@@ -39,6 +43,7 @@ impl Problem {
             status,
             detail,
             errors: Vec::new(),
+            task_id: None,
             headers: Vec::new(),
         }
     }
@@ -137,6 +142,23 @@ impl From<AcceptError> for Problem {
                     "queue-unavailable",
                     "Service Unavailable",
                     "the newsletter could not be queued and was not accepted; retry later".into(),
+                )
+            },
+            AcceptError::Submit(SubmitError::InDoubt { task_id, .. }) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+                )],
+                task_id: Some(task_id),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue-unconfirmed",
+                    "Service Unavailable",
+                    format!(
+                        "the queue did not confirm the newsletter, and whether it goes ahead is \
+                         not known yet; GET {NEWSLETTERS_PATH}/{task_id} tells (withdrawn: it \
+                         will not be sent). Retry with the same Idempotency-Key to be safe"
+                    ),
                 )
             },
             AcceptError::Status(StatusError::MalformedId(_)) => Problem::new(

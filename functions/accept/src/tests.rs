@@ -5,11 +5,13 @@ use super::*;
 use lambda_http::http::{self, HeaderValue};
 use newsletter::{
     TaskId,
-    fakes::{MemoryStore, RecordingQueue},
+    fakes::{Fault, FaultyStore, MemoryStore, RecordingQueue},
     message::Message,
+    queue::QueueError,
     tasks::{TaskStatus, TaskStore},
 };
 use serde_json::{Value, json};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type TestApp = App<RecordingQueue, MemoryStore>;
 
@@ -48,7 +50,11 @@ struct Answer {
     body: Value,
 }
 
-async fn send(app: &TestApp, request: Request) -> Answer {
+async fn send<Q, S>(app: &App<Q, S>, request: Request) -> Answer
+where
+    Q: MessageQueue,
+    S: TaskStore + IdempotencyStore,
+{
     let response = app.handle(request).await;
     let content_type = response.headers()[header::CONTENT_TYPE]
         .to_str()
@@ -386,9 +392,10 @@ async fn queue_failure_is_503_with_retry_after_and_never_202() {
     );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
-    assert!(
-        app.store.task_count() == 0,
-        "the task of a refused job is forgotten"
+    assert_eq!(
+        app.store.task_count(),
+        1,
+        "the task of a refused job is kept, withdrawn"
     );
     assert_eq!(answer.content_type, "application/problem+json");
     assert_eq!(
@@ -684,5 +691,102 @@ async fn a_subject_or_title_of_invisible_characters_is_a_422() {
             {"pointer": "#/subject", "detail": visible},
             {"pointer": "#/sections/0/title", "detail": visible}
         ])
+    );
+}
+
+#[tokio::test]
+async fn a_lost_queue_answer_withdraws_the_task_and_its_status_says_so() {
+    let app = App::new(
+        RecordingQueue::failing_next([Fault::LoseAnswer]),
+        MemoryStore::default(),
+    );
+    let answer = send(&app, with_key("order-42", &valid_body().to_string())).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.body.get("task_id"),
+        None,
+        "nothing to look up: withdrawn"
+    );
+    let Some(Message::Job(job)) = app.queue.take().pop() else {
+        panic!("the queue stored the job");
+    };
+    let status = send(&app, get(&format!("/newsletters/{}", job.task_id))).await;
+    assert_eq!(status.body["status"], "withdrawn");
+    assert!(
+        status.headers.get(header::RETRY_AFTER).is_none(),
+        "withdrawn is final"
+    );
+    assert_eq!(
+        app.store.key_count(),
+        0,
+        "a retry with the key may try again"
+    );
+}
+
+#[tokio::test]
+async fn a_task_that_could_not_be_withdrawn_is_a_503_naming_it() {
+    let app = App::new(
+        RecordingQueue::failing_next([Fault::LoseAnswer]),
+        FaultyStore::new(MemoryStore::default(), [("withdraw", vec![Fault::Fail])]),
+    );
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+    let Some(Message::Job(job)) = app.queue.take().pop() else {
+        panic!("the queue stored the job");
+    };
+    let task_id = job.task_id.to_string();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    assert_eq!(
+        answer.body,
+        json!({
+            "type": "urn:newsletter-dispatch:problem:queue-unconfirmed",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": format!(
+                "the queue did not confirm the newsletter, and whether it goes ahead is not \
+                 known yet; GET /newsletters/{task_id} tells (withdrawn: it will not be sent). \
+                 Retry with the same Idempotency-Key to be safe"
+            ),
+            "task_id": task_id,
+        })
+    );
+}
+
+/// A queue that stores nothing and never answers, as SQS behind a dead network path.
+struct StalledQueue;
+
+impl MessageQueue for StalledQueue {
+    async fn send(&self, _message: &Message) -> Result<(), QueueError> {
+        std::future::pending().await
+    }
+
+    async fn send_all(&self, _messages: &[Message]) -> Result<(), QueueError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn the_invocation_deadline_bounds_the_request() {
+    let app = App::new(StalledQueue, MemoryStore::default());
+    let mut context = lambda_http::Context::default();
+    let deadline = SystemTime::now() + Duration::from_secs(2);
+    context.deadline = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let request = post_json(&valid_body().to_string()).with_lambda_context(context);
+    let started = tokio::time::Instant::now();
+
+    let answer = tokio::time::timeout(Duration::from_secs(30), send(&app, request))
+        .await
+        .expect("the handler answers by itself");
+
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.body["type"],
+        "urn:newsletter-dispatch:problem:queue-unavailable"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "before the deadline: {:?}",
+        started.elapsed()
     );
 }

@@ -12,9 +12,10 @@ use crate::planning::PagePlan;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
     PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled, TaskStatus, TaskStore,
+    Withdrawal, epoch_millis,
 };
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Everything the worker and the accept function need of a store.
 pub trait Store: TaskStore + IdempotencyStore + PlanStore + ChunkStore + PauseStore {}
@@ -42,6 +43,8 @@ macro_rules! store_contract {
             idempotency_keys_are_reserved_once,
             topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan,
             a_paused_task_parks_its_chunks_until_it_is_resumed,
+            a_withdrawn_task_is_never_planned,
+            an_abandoned_key_is_taken_over_once,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -164,8 +167,6 @@ pub async fn tasks_are_created_once_and_read_back(store: &impl Store) {
         .await
         .expect("a retried create succeeds");
     assert_eq!(task(store, task_id).await, record, "and changes nothing");
-    store.delete(task_id).await.expect("a task is deleted");
-    assert_eq!(store.get(task_id).await.expect("read"), None);
 }
 
 pub async fn a_task_without_its_record_counts_nothing(store: &impl Store) {
@@ -560,15 +561,27 @@ pub async fn chunks_closing_at_once_count_every_recipient(store: &impl Store) {
     assert_eq!(done.completion(), Some(TaskStatus::Completed));
 }
 
+/// `from_now` ahead (or behind), to the millisecond, as stores keep it.
+fn at_millis(from_now: Duration, ahead: bool) -> SystemTime {
+    let now = SystemTime::now();
+    let at = if ahead {
+        now + from_now
+    } else {
+        now - from_now
+    };
+    UNIX_EPOCH + Duration::from_millis(epoch_millis(at))
+}
+
 pub async fn idempotency_keys_are_reserved_once(store: &impl Store) {
     let key = format!("key-{}", uuid::Uuid::now_v7());
     let task_id = TaskId::generate();
+    let until = at_millis(Duration::from_secs(12), true);
     assert_eq!(
-        store.reserve(&key, "f1", task_id).await.unwrap(),
+        store.reserve(&key, "f1", task_id, until).await.unwrap(),
         Reservation::New
     );
     assert_eq!(
-        store.reserve(&key, "f1", task_id).await.unwrap(),
+        store.reserve(&key, "f1", task_id, until).await.unwrap(),
         Reservation::New,
         "the same reservation again is a retry after a lost answer"
     );
@@ -576,19 +589,31 @@ pub async fn idempotency_keys_are_reserved_once(store: &impl Store) {
         task_id,
         fingerprint: "f1".into(),
         queued: false,
+        running_until: Some(until),
     };
-    assert_eq!(
-        store.reserve(&key, "f2", TaskId::generate()).await.unwrap(),
-        pending
-    );
+    let other = store
+        .reserve(&key, "f2", TaskId::generate(), until)
+        .await
+        .unwrap();
+    assert_eq!(other, pending, "with until when its request may run");
+    assert!(!other.abandoned(SystemTime::now()), "its request may run");
+    assert!(other.abandoned(until + Duration::from_millis(1)));
     store.mark_queued(&key).await.unwrap();
-    assert!(matches!(
-        store.reserve(&key, "f1", TaskId::generate()).await.unwrap(),
-        Reservation::Existing { queued: true, .. }
-    ));
+    let queued = store
+        .reserve(&key, "f1", TaskId::generate(), until)
+        .await
+        .unwrap();
+    assert!(matches!(queued, Reservation::Existing { queued: true, .. }));
+    assert!(
+        !queued.abandoned(until + Duration::from_secs(1)),
+        "a queued key is done, not abandoned"
+    );
     store.release(&key).await.unwrap();
     assert_eq!(
-        store.reserve(&key, "f1", TaskId::generate()).await.unwrap(),
+        store
+            .reserve(&key, "f1", TaskId::generate(), until)
+            .await
+            .unwrap(),
         Reservation::New,
         "a released key is free again"
     );
@@ -702,5 +727,110 @@ pub async fn a_paused_task_parks_its_chunks_until_it_is_resumed(store: &impl Sto
     assert!(
         store.get(ghost).await.unwrap().is_none(),
         "unparking creates no task"
+    );
+}
+
+pub async fn a_withdrawn_task_is_never_planned(store: &impl Store) {
+    let task_id = new_task(store).await;
+    assert_eq!(
+        store.withdraw(task_id).await.unwrap(),
+        Withdrawal::Withdrawn
+    );
+    assert_eq!(
+        store.withdraw(task_id).await.unwrap(),
+        Withdrawal::Withdrawn,
+        "withdrawing again (a retry after a lost answer) answers the same"
+    );
+    let withdrawn = task(store, task_id).await;
+    assert_eq!(withdrawn.status, TaskStatus::Withdrawn);
+    assert!(withdrawn.status.is_finished());
+    assert!(
+        store
+            .record_page(task_id, plan(0, &[2], 2, true))
+            .await
+            .is_err(),
+        "a withdrawn task's page is refused"
+    );
+    assert_eq!(
+        store.page_state(task_id, 0).await.unwrap(),
+        PageState::Unplanned
+    );
+    assert_eq!(
+        task(store, task_id).await,
+        withdrawn,
+        "nothing counted, still withdrawn"
+    );
+
+    // The worker planned it first: its job was on the queue after all.
+    let started = planned_task(store, 2).await;
+    assert_eq!(store.withdraw(started).await.unwrap(), Withdrawal::Started);
+    assert_eq!(task(store, started).await.status, TaskStatus::Sending);
+
+    assert_eq!(
+        store.withdraw(TaskId::generate()).await.unwrap(),
+        Withdrawal::Withdrawn,
+        "a task without a record is never planned"
+    );
+}
+
+pub async fn an_abandoned_key_is_taken_over_once(store: &impl Store) {
+    let key = format!("key-{}", uuid::Uuid::now_v7());
+    let dead = TaskId::generate();
+    let gone = at_millis(Duration::from_secs(1), false);
+    store.reserve(&key, "f1", dead, gone).await.unwrap();
+    let until = at_millis(Duration::from_secs(12), true);
+    let found = store
+        .reserve(&key, "f1", TaskId::generate(), until)
+        .await
+        .unwrap();
+    assert!(found.abandoned(SystemTime::now()), "{found:?}");
+
+    let (a, b) = (TaskId::generate(), TaskId::generate());
+    let (took_a, took_b) = tokio::join!(
+        store.take_over(&key, dead, a, until),
+        store.take_over(&key, dead, b, until)
+    );
+    let (took_a, took_b) = (took_a.unwrap(), took_b.unwrap());
+    assert!(
+        took_a ^ took_b,
+        "exactly one recovers the key: {took_a} {took_b}"
+    );
+    let winner = if took_a { a } else { b };
+    assert!(
+        store.take_over(&key, dead, winner, until).await.unwrap(),
+        "the winner's retry after a lost answer"
+    );
+    assert!(
+        !store
+            .take_over(&key, dead, TaskId::generate(), until)
+            .await
+            .unwrap(),
+        "the key is not the dead request's any more"
+    );
+    assert_eq!(
+        store.reserve(&key, "f1", winner, until).await.unwrap(),
+        Reservation::New,
+        "the winner holds the key"
+    );
+    assert_eq!(
+        store
+            .reserve(&key, "f1", TaskId::generate(), until)
+            .await
+            .unwrap(),
+        Reservation::Existing {
+            task_id: winner,
+            fingerprint: "f1".into(),
+            queued: false,
+            running_until: Some(until),
+        },
+        "the fingerprint stays; its request may run until its own deadline"
+    );
+    store.mark_queued(&key).await.unwrap();
+    assert!(
+        !store
+            .take_over(&key, winner, TaskId::generate(), until)
+            .await
+            .unwrap(),
+        "a queued key is not taken over"
     );
 }

@@ -3,7 +3,7 @@
 //! | item | pk | holds | lives |
 //! |---|---|---|---|
 //! | task | `task#<task id>` | status, counters, pages planned, failures by part | 90 days |
-//! | idempotency key | `idem#<key>` | task id, request fingerprint, state | 24 hours |
+//! | idempotency key | `idem#<key>` | task id, request fingerprint, state, until when its request may run | 24 hours |
 //! | page plan | `plan#<task id>#<page>` | the page's chunks of recipients (compact JSON) | 30 days |
 //! | page marker | `page#<task id>#<page>` | whether the plan's messages are all queued | 30 days |
 //! | chunk | `chunk#<task id>#<chunk id>` | lease, positions sent / rejected / failed (number sets), what is counted | 30 days |
@@ -23,7 +23,7 @@ use crate::planning::PagePlan;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
     PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
-    StoreError, TaskRecord, TaskStatus, TaskStore, epoch_millis, epoch_seconds,
+    StoreError, TaskRecord, TaskStatus, TaskStore, Withdrawal, epoch_millis, epoch_seconds,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -34,7 +34,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TASK_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 const IDEMPOTENCY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -253,6 +253,9 @@ fn reservation(item: &Item) -> Option<Reservation> {
         task_id: text(item, "task_id")?.parse().ok()?,
         fingerprint: text(item, "fingerprint")?.to_owned(),
         queued: text(item, "state") == Some("queued"),
+        running_until: item
+            .contains_key("running_until")
+            .then(|| UNIX_EPOCH + Duration::from_millis(number(item, "running_until"))),
     })
 }
 
@@ -410,17 +413,6 @@ impl TaskStore for DynamoStore {
         }
     }
 
-    async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", task_key(task_id))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(store_error)
-    }
-
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.read(task_key(task_id))
             .await?
@@ -486,6 +478,37 @@ impl TaskStore for DynamoStore {
             },
         }
     }
+    async fn withdraw(&self, task_id: TaskId) -> Result<Withdrawal, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", task_key(task_id))
+            .update_expression("SET #status = :withdrawn, updated_at = :now")
+            // Withdrawn already: a retry after a lost answer, which changes nothing.
+            .condition_expression("#status IN (:accepted, :withdrawn)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":withdrawn", s(TaskStatus::Withdrawn.as_str()))
+            .expression_attribute_values(":accepted", s(TaskStatus::Accepted.as_str()))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Withdrawal::Withdrawn),
+            Err(err) => match err.as_service_error() {
+                // A task with no record (the condition fails on a missing item) is never planned.
+                Some(UpdateItemError::ConditionalCheckFailedException(refused)) => {
+                    Ok(match refused.item() {
+                        None => Withdrawal::Withdrawn,
+                        Some(_) => Withdrawal::Started,
+                    })
+                }
+                _ => Err(store_error(err)),
+            },
+        }
+    }
 }
 
 impl IdempotencyStore for DynamoStore {
@@ -494,6 +517,7 @@ impl IdempotencyStore for DynamoStore {
         key: &str,
         fingerprint: &str,
         task_id: TaskId,
+        running_until: SystemTime,
     ) -> Result<Reservation, StoreError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let result = self
@@ -504,6 +528,7 @@ impl IdempotencyStore for DynamoStore {
             .item("task_id", s(task_id.to_string()))
             .item("fingerprint", s(fingerprint))
             .item("state", s("pending"))
+            .item("running_until", n(epoch_millis(running_until)))
             .item("expires_at", expires_in(IDEMPOTENCY_LIFETIME))
             // TTL deletes lazily: an expired record may still be there, and no longer counts.
             .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
@@ -555,6 +580,49 @@ impl IdempotencyStore for DynamoStore {
             .await
             .map(|_| ())
             .map_err(store_error)
+    }
+
+    async fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("idem#{key}")))
+            .update_expression(
+                "SET task_id = :task_id, running_until = :until, expires_at = :expires",
+            )
+            // On the old task id, so that of two requests recovering the key one wins.
+            .condition_expression("task_id = :from AND #state = :pending AND expires_at >= :now")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":task_id", s(task_id.to_string()))
+            .expression_attribute_values(":until", n(epoch_millis(running_until)))
+            .expression_attribute_values(":expires", expires_in(IDEMPOTENCY_LIFETIME))
+            .expression_attribute_values(":from", s(from.to_string()))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":now", n(epoch_seconds(SystemTime::now())))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match err.as_service_error() {
+                // Ours already when an earlier try of this update took effect, its answer lost.
+                Some(UpdateItemError::ConditionalCheckFailedException(refused)) => {
+                    let task_id = task_id.to_string();
+                    Ok(refused
+                        .item()
+                        .is_some_and(|item| text(item, "task_id") == Some(task_id.as_str())))
+                }
+                _ => Err(store_error(err)),
+            },
+        }
     }
 }
 
@@ -637,9 +705,11 @@ impl PlanStore for DynamoStore {
                 "ADD planned :planned, skipped :skipped, failed :failed, pages_planned :one \
                  SET #status = :status, updated_at = :now{unmatched}{pages}"
             ))
-            .condition_expression("attribute_exists(pk)")
+            // A withdrawn task is never planned: its accept answered 503.
+            .condition_expression("attribute_exists(pk) AND #status <> :withdrawn")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#part", PartFailure::planning_part(plan.page))
+            .expression_attribute_values(":withdrawn", s(TaskStatus::Withdrawn.as_str()))
             .expression_attribute_values(":planned", n(plan.contacts))
             .expression_attribute_values(":skipped", n(plan.skipped))
             .expression_attribute_values(":failed", n(plan.invalid_addresses))
@@ -666,7 +736,7 @@ impl PlanStore for DynamoStore {
             // Counted by an earlier attempt (whose answer may have been lost).
             Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => Ok(plan),
             Err(TransactError::Conditions(_)) => Err(StoreError(format!(
-                "no status record for task {task_id}: its pages cannot be counted"
+                "task {task_id} has no status record or is withdrawn: its pages are not counted"
             ))),
             Err(TransactError::Store(err)) => Err(err),
         }

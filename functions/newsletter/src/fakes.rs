@@ -15,7 +15,7 @@ use crate::render::RenderedEmail;
 use crate::tasks::{
     Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
     PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
-    StoreError, TaskRecord, TaskStatus, TaskStore,
+    StoreError, TaskRecord, TaskStatus, TaskStore, Withdrawal,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -266,10 +266,18 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Records {
     tasks: HashMap<TaskId, StoredTask>,
-    keys: HashMap<String, (TaskId, String, bool)>,
+    keys: HashMap<String, StoredKey>,
     plans: HashMap<(TaskId, u32), PagePlan>,
     enqueued: HashSet<(TaskId, u32)>,
     chunks: HashMap<(TaskId, String), StoredChunk>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredKey {
+    task_id: TaskId,
+    fingerprint: String,
+    queued: bool,
+    running_until: SystemTime,
 }
 
 #[derive(Debug, Clone)]
@@ -333,8 +341,21 @@ impl MemoryStore {
     /// reserving the key and queueing its job.
     pub fn mark_pending(&self, key: &str) {
         if let Some(entry) = self.state.lock().unwrap().keys.get_mut(key) {
-            entry.2 = false;
+            entry.queued = false;
         }
+    }
+
+    /// Moves when a reservation's request may still be running, as if it had been reserved by
+    /// a request with another deadline (one long dead, say).
+    pub fn set_running_until(&self, key: &str, running_until: SystemTime) {
+        if let Some(entry) = self.state.lock().unwrap().keys.get_mut(key) {
+            entry.running_until = running_until;
+        }
+    }
+
+    /// The task a key is reserved for, if it is.
+    pub fn key_holder(&self, key: &str) -> Option<TaskId> {
+        Some(self.state.lock().unwrap().keys.get(key)?.task_id)
     }
 
     /// The chunk's progress as stored, for tests that look inside.
@@ -428,11 +449,6 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.records()?.tasks.remove(&task_id);
-        Ok(())
-    }
-
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         Ok(self.records()?.tasks.get(&task_id).map(StoredTask::view))
     }
@@ -462,6 +478,20 @@ impl TaskStore for MemoryStore {
         task.record.status = status;
         Ok(true)
     }
+
+    async fn withdraw(&self, task_id: TaskId) -> Result<Withdrawal, StoreError> {
+        let mut records = self.records()?;
+        let Some(task) = records.tasks.get_mut(&task_id) else {
+            return Ok(Withdrawal::Withdrawn);
+        };
+        Ok(match task.record.status {
+            TaskStatus::Accepted | TaskStatus::Withdrawn => {
+                task.record.status = TaskStatus::Withdrawn;
+                Withdrawal::Withdrawn
+            }
+            _ => Withdrawal::Started,
+        })
+    }
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -470,29 +500,36 @@ impl IdempotencyStore for MemoryStore {
         key: &str,
         fingerprint: &str,
         task_id: TaskId,
+        running_until: SystemTime,
     ) -> Result<Reservation, StoreError> {
         let mut records = self.records()?;
-        if let Some((holder, _, _)) = records.keys.get(key)
-            && *holder == task_id
-        {
-            return Ok(Reservation::New); // a retry of this very reservation
+        match records.keys.get(key) {
+            // A retry of this very reservation.
+            Some(held) if held.task_id == task_id => Ok(Reservation::New),
+            Some(held) => Ok(Reservation::Existing {
+                task_id: held.task_id,
+                fingerprint: held.fingerprint.clone(),
+                queued: held.queued,
+                running_until: Some(held.running_until),
+            }),
+            None => {
+                records.keys.insert(
+                    key.to_owned(),
+                    StoredKey {
+                        task_id,
+                        fingerprint: fingerprint.to_owned(),
+                        queued: false,
+                        running_until,
+                    },
+                );
+                Ok(Reservation::New)
+            }
         }
-        if let Some((task_id, fingerprint, queued)) = records.keys.get(key) {
-            return Ok(Reservation::Existing {
-                task_id: *task_id,
-                fingerprint: fingerprint.clone(),
-                queued: *queued,
-            });
-        }
-        records
-            .keys
-            .insert(key.to_owned(), (task_id, fingerprint.to_owned(), false));
-        Ok(Reservation::New)
     }
 
     async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
         if let Some(entry) = self.records()?.keys.get_mut(key) {
-            entry.2 = true;
+            entry.queued = true;
         }
         Ok(())
     }
@@ -500,6 +537,28 @@ impl IdempotencyStore for MemoryStore {
     async fn release(&self, key: &str) -> Result<(), StoreError> {
         self.records()?.keys.remove(key);
         Ok(())
+    }
+
+    async fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let mut records = self.records()?;
+        let Some(held) = records.keys.get_mut(key) else {
+            return Ok(false);
+        };
+        if held.task_id == task_id {
+            return Ok(true); // a retry after a lost answer
+        }
+        if held.task_id != from || held.queued {
+            return Ok(false);
+        }
+        held.task_id = task_id;
+        held.running_until = running_until;
+        Ok(true)
     }
 }
 
@@ -522,6 +581,11 @@ impl PlanStore for MemoryStore {
             return Ok(stored.clone());
         }
         let task = records.task(task_id)?;
+        if task.record.status == TaskStatus::Withdrawn {
+            return Err(StoreError(format!(
+                "task {task_id} is withdrawn: its pages are not planned"
+            )));
+        }
         let counts = &mut task.record.recipients;
         counts.planned += plan.contacts;
         counts.skipped += plan.skipped;
@@ -689,8 +753,8 @@ fn held_chunk<'a>(
         .ok_or_else(|| StoreError("the chunk's lease was lost".into()))
 }
 
-/// A store that injects faults into the chunk writes named in `faults` ("lease", "record",
-/// "release", "close"), in order, and otherwise is `inner`: what a store does under a
+/// A store that injects faults into the writes named in `faults` ("lease", "record",
+/// "release", "close", "record_page", "mark_page_enqueued", "withdraw"), in order, and otherwise is `inner`: what a store does under a
 /// conflict, throttling, or an answer lost after the write was applied.
 #[derive(Debug, Default)]
 pub struct FaultyStore<S> {
@@ -812,9 +876,6 @@ impl<S: TaskStore> TaskStore for FaultyStore<S> {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
         self.inner.create(task_id).await
     }
-    async fn delete(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.inner.delete(task_id).await
-    }
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.inner.get(task_id).await
     }
@@ -830,6 +891,9 @@ impl<S: TaskStore> TaskStore for FaultyStore<S> {
     }
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
         self.inner.finish(task_id, status).await
+    }
+    async fn withdraw(&self, task_id: TaskId) -> Result<Withdrawal, StoreError> {
+        self.faulty("withdraw", self.inner.withdraw(task_id)).await
     }
 }
 
@@ -945,6 +1009,37 @@ fn topic_names(topics: &[crate::domain::Topic]) -> Vec<String> {
         .iter()
         .map(|topic| topic.as_str().to_owned())
         .collect()
+}
+
+impl<S: IdempotencyStore> IdempotencyStore for FaultyStore<S> {
+    async fn reserve(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<Reservation, StoreError> {
+        self.inner
+            .reserve(key, fingerprint, task_id, running_until)
+            .await
+    }
+    async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.mark_queued(key).await
+    }
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.release(key).await
+    }
+    async fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .take_over(key, from, task_id, running_until)
+            .await
+    }
 }
 
 #[cfg(test)]

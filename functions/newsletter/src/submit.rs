@@ -4,9 +4,11 @@
 use crate::domain::{FieldError, IdempotencyKey, Newsletter, TaskId};
 use crate::message::{Job, Message};
 use crate::queue::{MessageQueue, QueueError};
-use crate::tasks::{IdempotencyStore, Reservation, StoreError, TaskStore};
+use crate::tasks::{IdempotencyStore, Reservation, StoreError, TaskStore, Withdrawal};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// The largest request body accepted, in bytes (after base64 decoding). Well under the 256 KiB SQS
@@ -16,6 +18,73 @@ pub const MAX_REQUEST_BYTES: usize = 200 * 1024;
 /// How long a request waits for a concurrent one with the same key to finish queueing.
 const CONCURRENT_KEY_WAIT: Duration = Duration::from_secs(2);
 const CONCURRENT_KEY_POLL: Duration = Duration::from_millis(100);
+
+/// A request's time when its invocation has no deadline (outside Lambda): the template's
+/// function timeout.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// Kept from the calls that accept a newsletter for those that settle a failure (withdrawing
+/// the task, giving the key back), so that even then the answer goes out before the deadline.
+const SETTLE_RESERVE: Duration = Duration::from_millis(1500);
+/// Kept after everything for the answer to travel back through the runtime.
+const ANSWER_MARGIN: Duration = Duration::from_millis(300);
+/// How long after its deadline a request's writes may still arrive at the store: a write on
+/// the wire when Lambda stopped the invocation, clocks a little apart.
+pub const RUNNING_SKEW: Duration = Duration::from_secs(2);
+
+/// When a request's calls must be done, from its invocation's deadline. Every call to the
+/// queue or the store is cut off at these times (an SDK call that never answers becomes a
+/// timeout, not a Lambda timeout), so the function always answers itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: SystemTime,
+    /// The calls that accept the newsletter end here.
+    calls_end: Instant,
+    /// Withdrawing and giving the key back end here; then the answer.
+    settle_end: Instant,
+}
+
+impl Deadline {
+    /// The invocation's deadline; `None`, or the epoch (a `Context` with no deadline set, as in
+    /// tests), gives [`DEFAULT_TIME_LIMIT`] from now.
+    pub fn of_invocation(deadline: Option<SystemTime>) -> Self {
+        let now = SystemTime::now();
+        let at = deadline
+            .filter(|at| *at > UNIX_EPOCH)
+            .unwrap_or(now + DEFAULT_TIME_LIMIT);
+        let remaining = at.duration_since(now).unwrap_or_default();
+        // A short limit (a test's) scales the reserves down rather than leaving no time for calls.
+        let margin = ANSWER_MARGIN.min(remaining / 10);
+        let reserve = SETTLE_RESERVE.min(remaining / 4);
+        let started = Instant::now();
+        let settle_end = started + remaining.saturating_sub(margin);
+        Self {
+            at,
+            calls_end: settle_end - reserve,
+            settle_end,
+        }
+    }
+
+    /// Until when the request may still be writing: what its key reservation records.
+    fn running_until(&self) -> SystemTime {
+        self.at + RUNNING_SKEW
+    }
+}
+
+/// `call`, or a `timed_out` error if it has not answered by `end` (it is then cut off; what
+/// it did is unknown, as with any lost answer).
+async fn bounded<T, E>(
+    end: Instant,
+    call: impl Future<Output = Result<T, E>>,
+    timed_out: fn(String) -> E,
+) -> Result<T, E> {
+    tokio::time::timeout_at(end, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(timed_out(
+                "no answer before the request's deadline".to_owned(),
+            ))
+        })
+}
 
 /// Everything that can stop a newsletter from being accepted.
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +101,23 @@ pub enum SubmitError {
     KeyInFlight,
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The queue did not confirm the job, and the task could not be withdrawn either: the job
+    /// may be on the queue, and the task's status says whether it goes ahead.
+    #[error("{cause}; task {task_id} could not be withdrawn, so its job may still be delivered")]
+    InDoubt { task_id: TaskId, cause: QueueError },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Accepts a newsletter: returns its task id only once the job is durably on the queue. With an
 /// idempotency key seen before (for the same newsletter), returns that task id and queues nothing.
+/// Every call ends by `deadline`'s times.
 pub async fn submit<Q, S>(
     queue: &Q,
     store: &S,
     body: &[u8],
     key: Option<&IdempotencyKey>,
+    deadline: &Deadline,
 ) -> Result<TaskId, SubmitError>
 where
     Q: MessageQueue,
@@ -57,20 +132,34 @@ where
     let span = tracing::info_span!("task", %task_id);
 
     let Some(key) = key else {
-        return enqueue(queue, store, task_id, newsletter)
+        return enqueue(queue, store, task_id, newsletter, deadline)
             .instrument(span)
             .await;
     };
-    if let Some(original) = reserve(store, key, &fingerprint(&newsletter), task_id).await? {
+    if let Reserved::Replay(original) =
+        reserve(store, key, &fingerprint(&newsletter), task_id, deadline)
+            .instrument(span.clone())
+            .await?
+    {
         tracing::info!(task_id = %original, "idempotent replay: answering with the original task");
         return Ok(original);
     }
-    let result = enqueue(queue, store, task_id, newsletter)
+    let result = enqueue(queue, store, task_id, newsletter, deadline)
         .instrument(span.clone())
         .await;
-    let settled = match result {
-        Ok(_) => store.mark_queued(key.as_str()).await,
-        Err(_) => store.release(key.as_str()).await,
+    let settled = match &result {
+        Ok(_) => {
+            bounded(
+                deadline.settle_end,
+                store.mark_queued(key.as_str()),
+                StoreError,
+            )
+            .await
+        }
+        // Its job may be queued: the key stays reserved, and a retry recovers it once this
+        // request can no longer be running.
+        Err(SubmitError::InDoubt { .. }) => Ok(()),
+        Err(_) => bounded(deadline.settle_end, store.release(key.as_str()), StoreError).await,
     };
     if let Err(err) = settled {
         span.in_scope(|| tracing::warn!(error = %err, "idempotency record not updated"));
@@ -78,18 +167,19 @@ where
     result
 }
 
-/// Records the task, then queues its job; forgets the task again if the queue refuses it.
+/// Records the task, then queues its job; withdraws the task if the queue does not confirm it.
 async fn enqueue<Q, S>(
     queue: &Q,
     store: &S,
     task_id: TaskId,
     newsletter: Newsletter,
+    deadline: &Deadline,
 ) -> Result<TaskId, SubmitError>
 where
     Q: MessageQueue,
     S: TaskStore,
 {
-    if let Err(err) = store.create(task_id).await {
+    if let Err(err) = bounded(deadline.calls_end, store.create(task_id), StoreError).await {
         tracing::error!(error = %err, "newsletter not accepted: task store failed");
         return Err(err.into());
     }
@@ -99,49 +189,119 @@ where
         newsletter,
         cursor: None,
     });
-    match queue.send(&job).await {
+    match bounded(deadline.calls_end, queue.send(&job), QueueError).await {
         Ok(()) => {
             tracing::info!(sections, "newsletter accepted");
             Ok(task_id)
         }
         Err(err) => {
-            tracing::error!(error = %err, "newsletter not accepted: queue failed");
-            if let Err(cleanup) = store.delete(task_id).await {
-                tracing::warn!(error = %cleanup, "task record of the refused job left behind");
-            }
-            Err(err.into())
+            tracing::error!(error = %err, "the jobs queue did not confirm the job");
+            withdraw(store, task_id, err, deadline).await
         }
     }
 }
 
-/// `None` when the key is new (the caller goes on); the original task id when it was used for the
-/// same newsletter and its job is queued. Waits briefly for a concurrent request still queueing.
-async fn reserve<S: IdempotencyStore>(
+/// Settles a task whose job the queue did not confirm (it may have stored it and lost the
+/// answer): withdrawn, nothing of it will be delivered; started, the job was queued after all.
+async fn withdraw<S: TaskStore>(
+    store: &S,
+    task_id: TaskId,
+    cause: QueueError,
+    deadline: &Deadline,
+) -> Result<TaskId, SubmitError> {
+    match bounded(deadline.settle_end, store.withdraw(task_id), StoreError).await {
+        Ok(Withdrawal::Withdrawn) => {
+            tracing::warn!("newsletter not accepted: task withdrawn, nothing will be delivered");
+            Err(cause.into())
+        }
+        Ok(Withdrawal::Started) => {
+            tracing::info!("newsletter accepted: its job was queued after all, and is planned");
+            Ok(task_id)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "task not withdrawn: its job may be on the queue");
+            Err(SubmitError::InDoubt { task_id, cause })
+        }
+    }
+}
+
+/// What a request with a key does after reserving it.
+enum Reserved {
+    /// The key is this request's: it goes on to queue the job.
+    Ours,
+    /// The key's job is queued for this task: answer with it.
+    Replay(TaskId),
+}
+
+/// Reserves the key for `task_id`, or finds the original task of the same newsletter. Waits
+/// briefly for a concurrent request still queueing; recovers a key whose request died.
+async fn reserve<S: TaskStore + IdempotencyStore>(
     store: &S,
     key: &IdempotencyKey,
     fingerprint: &str,
     task_id: TaskId,
-) -> Result<Option<TaskId>, SubmitError> {
-    let polls = CONCURRENT_KEY_WAIT.as_millis() / CONCURRENT_KEY_POLL.as_millis();
-    for _ in 0..polls {
-        match store.reserve(key.as_str(), fingerprint, task_id).await? {
-            Reservation::New => return Ok(None),
+    deadline: &Deadline,
+) -> Result<Reserved, SubmitError> {
+    let give_up = deadline.calls_end.min(Instant::now() + CONCURRENT_KEY_WAIT);
+    while Instant::now() < give_up {
+        let found = bounded(
+            deadline.calls_end,
+            store.reserve(key.as_str(), fingerprint, task_id, deadline.running_until()),
+            StoreError,
+        )
+        .await?;
+        let abandoned = found.abandoned(SystemTime::now());
+        match found {
+            Reservation::New => return Ok(Reserved::Ours),
             Reservation::Existing {
                 fingerprint: other, ..
             } if other != fingerprint => {
                 return Err(SubmitError::KeyReused);
             }
             Reservation::Existing {
-                task_id,
+                task_id: original,
                 queued: true,
                 ..
-            } => return Ok(Some(task_id)),
-            Reservation::Existing { queued: false, .. } => {
-                tokio::time::sleep(CONCURRENT_KEY_POLL).await
+            } => return Ok(Reserved::Replay(original)),
+            Reservation::Existing { task_id: dead, .. } if abandoned => {
+                if let Some(reserved) = recover(store, key, dead, task_id, deadline).await? {
+                    return Ok(reserved);
+                }
+                // Another retry recovered it first: look again.
             }
+            Reservation::Existing { .. } => tokio::time::sleep(CONCURRENT_KEY_POLL).await,
         }
     }
     Err(SubmitError::KeyInFlight)
+}
+
+/// Recovers a key left pending by a request that can no longer be running (it died, or could
+/// not settle its task): its task is withdrawn and the key taken over for `task_id`, unless
+/// the worker started that task (its job was queued), which is then the answer. `None` when
+/// another request took the key over first.
+async fn recover<S: TaskStore + IdempotencyStore>(
+    store: &S,
+    key: &IdempotencyKey,
+    dead: TaskId,
+    task_id: TaskId,
+    deadline: &Deadline,
+) -> Result<Option<Reserved>, SubmitError> {
+    let end = deadline.calls_end;
+    match bounded(end, store.withdraw(dead), StoreError).await? {
+        Withdrawal::Withdrawn => {
+            let took = store.take_over(key.as_str(), dead, task_id, deadline.running_until());
+            let took = bounded(end, took, StoreError).await?;
+            if took {
+                tracing::info!(withdrawn = %dead, "idempotency key recovered from a request that died");
+            }
+            Ok(took.then_some(Reserved::Ours))
+        }
+        Withdrawal::Started => {
+            bounded(end, store.mark_queued(key.as_str()), StoreError).await?;
+            tracing::info!(task_id = %dead, "idempotency key recovered: its task was queued after all");
+            Ok(Some(Reserved::Replay(dead)))
+        }
+    }
 }
 
 /// Identifies a newsletter's content, whatever the formatting of the request that carried it.
@@ -152,3 +312,6 @@ fn fingerprint(newsletter: &Newsletter) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,10 @@ pub enum TaskStatus {
     Paused,
     Completed,
     CompletedWithErrors,
+    /// Final: accept could not confirm the task's job reached the queue, answered 503, and
+    /// made sure nothing of it will be delivered (a copy of the job that is on the queue after
+    /// all is dropped by the worker).
+    Withdrawn,
 }
 
 impl TaskStatus {
@@ -33,6 +37,7 @@ impl TaskStatus {
             Self::Paused => "paused",
             Self::Completed => "completed",
             Self::CompletedWithErrors => "completed_with_errors",
+            Self::Withdrawn => "withdrawn",
         }
     }
 
@@ -44,13 +49,17 @@ impl TaskStatus {
             Self::Paused,
             Self::Completed,
             Self::CompletedWithErrors,
+            Self::Withdrawn,
         ]
         .into_iter()
         .find(|status| status.as_str() == raw)
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::CompletedWithErrors)
+        matches!(
+            self,
+            Self::Completed | Self::CompletedWithErrors | Self::Withdrawn
+        )
     }
 }
 
@@ -307,8 +316,6 @@ pub trait TaskStore: Send + Sync {
     /// Records a new task as accepted. Task ids are fresh for every request, so creating one that
     /// exists is a retry (an earlier try's answer was lost) and succeeds.
     fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Forgets a task whose job never reached the queue.
-    fn delete(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn get(
         &self,
         task_id: TaskId,
@@ -329,6 +336,25 @@ pub trait TaskStore: Send + Sync {
         task_id: TaskId,
         status: TaskStatus,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Withdraws a task whose job accept could not confirm on the queue: one conditional write
+    /// from `accepted` to `withdrawn`, after which the task is never planned (the move from
+    /// `accepted` that [`PlanStore::record_page`] makes is refused on a withdrawn task), so
+    /// nothing of it is delivered. `Withdrawn` also when it was withdrawn already (a retry) or
+    /// has no record (nothing will plan it: the worker refuses jobs of unknown tasks);
+    /// `Started` when the worker has moved it on: its job was queued after all.
+    fn withdraw(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Withdrawal, StoreError>> + Send;
+}
+
+/// The answer to [`TaskStore::withdraw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The task is withdrawn: nothing of it will be delivered.
+    Withdrawn,
+    /// Planning has started: the job is on the queue and the task will be delivered.
+    Started,
 }
 
 /// How a request with an Idempotency-Key relates to earlier ones.
@@ -341,22 +367,55 @@ pub enum Reservation {
         task_id: TaskId,
         fingerprint: String,
         queued: bool,
+        /// Until when the request that holds the key may still be running (its invocation's
+        /// deadline, plus skew): a reservation still pending after that was left by a request
+        /// that died, and may be recovered ([`IdempotencyStore::take_over`]). `None` on a
+        /// reservation that does not say (recorded before this was): never recovered.
+        running_until: Option<SystemTime>,
     },
 }
 
+impl Reservation {
+    /// Whether this is a pending reservation whose request can no longer be running at `now`.
+    pub fn abandoned(&self, now: SystemTime) -> bool {
+        matches!(
+            self,
+            Self::Existing {
+                queued: false,
+                running_until: Some(until),
+                ..
+            } if *until < now
+        )
+    }
+}
+
 pub trait IdempotencyStore: Send + Sync {
-    /// Reserves `key` for `task_id` and the request `fingerprint`, unless it is already taken.
-    /// A key reserved for this same `task_id` is a retry (an earlier try's answer was lost): `New`.
+    /// Reserves `key` for `task_id` and the request `fingerprint`, by a request that may run
+    /// until `running_until`, unless it is already taken. A key reserved for this same
+    /// `task_id` is a retry (an earlier try's answer was lost): `New`.
     fn reserve(
         &self,
         key: &str,
         fingerprint: &str,
         task_id: TaskId,
+        running_until: SystemTime,
     ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
     /// The reservation's job is on the queue: replays may now answer with its task id.
     fn mark_queued(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Gives the key up after the job could not be queued, so a retry can use it.
     fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Moves a pending reservation of `key` from the task `from` (of a request that died; its
+    /// task is withdrawn) to `task_id`, of a request that may run until `running_until`; the
+    /// fingerprint stays. One conditional write: `false` when the key is no longer pending for
+    /// `from` (another request took it over first, or it was released, queued or expired).
+    /// A retry after a lost answer finds the key moved to `task_id`: `true`.
+    fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Where planning of one page stands.
@@ -381,6 +440,8 @@ pub trait PlanStore: Send + Sync {
     /// Stores `plan` and adds its counts to the task, atomically and once. If a plan of this page
     /// is stored already, it is returned (and counted already); otherwise `plan` is returned.
     /// Recording a page also clears a planning failure of that page, and reopens planning.
+    /// Refused (an error: nothing counted, the page stays unplanned) on a task that has no
+    /// record or is withdrawn ([`TaskStore::withdraw`]).
     fn record_page(
         &self,
         task_id: TaskId,
@@ -664,6 +725,7 @@ mod tests {
             TaskStatus::Paused,
             TaskStatus::Completed,
             TaskStatus::CompletedWithErrors,
+            TaskStatus::Withdrawn,
         ] {
             assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());

@@ -191,6 +191,9 @@ where
     /// messages is queued, so a retry at any step queues the same messages again (duplicates of
     /// deliveries change nothing; a duplicate of the next page's job finds that page planned).
     async fn plan(&self, job: &Job) -> Result<(), WorkError> {
+        if self.withdrawn(job).await? {
+            return Ok(());
+        }
         let plan = match self.store.page_state(job.task_id, job.page()).await? {
             PageState::Enqueued => {
                 tracing::info!(page = job.page(), "page already planned and queued");
@@ -199,10 +202,29 @@ where
             PageState::Planned(plan) => plan,
             PageState::Unplanned => {
                 let plan = self.read_page(job).await?;
-                self.store.record_page(job.task_id, plan).await?
+                match self.store.record_page(job.task_id, plan).await {
+                    Ok(plan) => plan,
+                    // Withdrawn since the look above: that is why the page was refused.
+                    Err(_) if self.withdrawn(job).await? => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
             }
         };
         self.enqueue_page(job, &plan).await
+    }
+
+    /// Whether the job's task is withdrawn (its accept answered 503, so it is never planned:
+    /// the job is dropped). A job of a task that has no record is not planned either, but
+    /// fails, so that it ends in the dead-letter queue for someone to look at.
+    async fn withdrawn(&self, job: &Job) -> Result<bool, WorkError> {
+        let Some(task) = self.store.get(job.task_id).await? else {
+            return Err(WorkError::UnknownTask(job.task_id));
+        };
+        let withdrawn = task.status == TaskStatus::Withdrawn;
+        if withdrawn {
+            tracing::info!(page = job.page(), "job of a withdrawn task dropped");
+        }
+        Ok(withdrawn)
     }
 
     /// Reads the page the job points at and plans it.
@@ -469,9 +491,19 @@ where
         let task_id = message.task_id();
         let span = tracing::info_span!("task", %task_id);
         async {
-            if self.store.get(task_id).await?.is_none() {
-                tracing::warn!("a dead letter names a task without a record; nothing to account");
-                return Ok(true);
+            match self.store.get(task_id).await? {
+                None => {
+                    tracing::warn!(
+                        "a dead letter names a task without a record; nothing to account"
+                    );
+                    return Ok(true);
+                }
+                // Final, and nothing of it is delivered: there is nothing to account either.
+                Some(task) if task.status == TaskStatus::Withdrawn => {
+                    tracing::info!("a dead letter of a withdrawn task; nothing to account");
+                    return Ok(true);
+                }
+                Some(_) => {}
             }
             match &message {
                 Message::Delivery(delivery) => {

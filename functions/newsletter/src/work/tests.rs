@@ -1248,3 +1248,122 @@ fn the_budget_keeps_a_reserve_and_a_margin_before_the_deadline() {
     );
     assert!(sending >= Duration::from_millis(2500));
 }
+
+#[tokio::test]
+async fn a_job_of_a_withdrawn_task_is_dropped_without_reading_the_contact_list() {
+    let worker = worker(
+        directory(vec![vec![contact("a@x.io", &[])]]),
+        RecordingMailer::default(),
+    );
+    let job = job(&worker, &["rust"]).await;
+    worker.store.withdraw(job.task_id()).await.unwrap();
+
+    process(&worker, &job)
+        .await
+        .expect("dropped, not failed: nothing is retried");
+
+    assert!(worker.queue.take().is_empty(), "no delivery is queued");
+    assert!(worker.directory.requests.lock().unwrap().is_empty());
+    let withdrawn = task(&worker, job.task_id()).await;
+    assert_eq!(withdrawn.status, TaskStatus::Withdrawn);
+    assert_eq!(withdrawn.recipients, Recipients::default());
+}
+
+#[tokio::test]
+async fn a_job_for_a_task_without_a_record_fails_without_reading_the_contact_list() {
+    let worker = worker(
+        directory(vec![vec![contact("a@x.io", &[])]]),
+        RecordingMailer::default(),
+    );
+    let job = Message::Job(Job {
+        task_id: TaskId::generate(),
+        newsletter: newsletter(&["rust"]),
+        cursor: None,
+    });
+
+    let result = process(&worker, &job).await;
+
+    assert!(
+        matches!(result, Err(WorkError::UnknownTask(_))),
+        "reported failed, so it ends in the dead-letter queue: {result:?}"
+    );
+    assert!(worker.queue.take().is_empty());
+    assert!(worker.directory.requests.lock().unwrap().is_empty());
+}
+
+/// A contact list whose read withdraws a task first, as an accept that gives up on its job
+/// does while the worker plans it.
+struct WithdrawingDirectory {
+    inner: PagedDirectory,
+    store: MemoryStore,
+    task_id: TaskId,
+}
+
+impl ContactDirectory for WithdrawingDirectory {
+    async fn topic_defaults(&self) -> Result<TopicDefaults, DirectoryError> {
+        self.inner.topic_defaults().await
+    }
+
+    async fn page(
+        &self,
+        token: Option<&str>,
+        opted_into: Option<&Topic>,
+    ) -> Result<ContactPage, DirectoryError> {
+        self.store.withdraw(self.task_id).await.unwrap();
+        self.inner.page(token, opted_into).await
+    }
+}
+
+#[tokio::test]
+async fn a_task_withdrawn_while_its_page_is_read_is_not_planned() {
+    let store = MemoryStore::default();
+    let task_id = TaskId::generate();
+    store.create(task_id).await.unwrap();
+    let directory = WithdrawingDirectory {
+        inner: directory(vec![vec![contact("a@x.io", &[])]]),
+        store: store.clone(),
+        task_id,
+    };
+    let worker = Worker::new(
+        RecordingQueue::default(),
+        directory,
+        Sender::new(RecordingMailer::default(), FAST),
+        store.clone(),
+        50,
+    );
+    let job = Message::Job(Job {
+        task_id,
+        newsletter: newsletter(&["rust"]),
+        cursor: None,
+    });
+    let budget = budget();
+
+    worker
+        .process(&job, &budget, &holder(&budget))
+        .await
+        .expect("dropped, not failed");
+
+    assert!(worker.queue.take().is_empty(), "no delivery is queued");
+    let withdrawn = store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(withdrawn.status, TaskStatus::Withdrawn);
+    assert_eq!(withdrawn.recipients.planned, 0, "nothing counted");
+    assert_eq!(
+        store.page_state(task_id, 0).await.unwrap(),
+        PageState::Unplanned
+    );
+}
+
+#[tokio::test]
+async fn a_dead_lettered_job_of_a_withdrawn_task_leaves_it_withdrawn() {
+    let worker = worker(directory(vec![]), RecordingMailer::default());
+    let job = job(&worker, &["rust"]).await;
+    worker.store.withdraw(job.task_id()).await.unwrap();
+    let dlq = MemoryDeadLetters::holding([job.encode()]);
+
+    let report = worker.sweep_dead_letters(&dlq, in_a_minute()).await;
+
+    assert_eq!((report.seen, report.accounted), (1, 1));
+    let withdrawn = task(&worker, job.task_id()).await;
+    assert_eq!(withdrawn.status, TaskStatus::Withdrawn, "not completed");
+    assert!(withdrawn.failures.is_empty(), "{:?}", withdrawn.failures);
+}

@@ -1,0 +1,473 @@
+//! `submit` and the worker on one in-memory queue and store, with the queue losing answers
+//! where SQS can: after it stored the job. What counts is what subscribers get.
+
+use super::*;
+use crate::audience::{Contact, Subscription, TopicDefaults};
+use crate::deliver::{SendPolicy, Sender};
+use crate::directory::ContactPage;
+use crate::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingMailer};
+use crate::tasks::TaskStatus;
+use crate::work::{QueueRecord, Worker};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+const SUBSCRIBERS: [&str; 3] = ["a@x.io", "b@x.io", "c@x.io"];
+
+/// The jobs queue, shared by accept and the worker as SQS is.
+#[derive(Debug, Default, Clone)]
+struct Sqs(Arc<Mutex<VecDeque<Message>>>);
+
+impl MessageQueue for Sqs {
+    async fn send(&self, message: &Message) -> Result<(), QueueError> {
+        self.send_all(std::slice::from_ref(message)).await
+    }
+
+    async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
+        self.0.lock().unwrap().extend(messages.iter().cloned());
+        Ok(())
+    }
+}
+
+type TestWorker = Worker<Sqs, PagedDirectory, RecordingMailer, MemoryStore>;
+
+struct System {
+    sqs: Sqs,
+    store: MemoryStore,
+    worker: TestWorker,
+}
+
+impl System {
+    fn new() -> Self {
+        let sqs = Sqs::default();
+        let store = MemoryStore::default();
+        let directory = PagedDirectory {
+            defaults: TopicDefaults([("rust".into(), Subscription::OptIn)].into()),
+            pages: vec![ContactPage {
+                contacts: SUBSCRIBERS
+                    .iter()
+                    .map(|email| Contact {
+                        email: (*email).into(),
+                        unsubscribe_all: false,
+                        preferences: Vec::new(),
+                    })
+                    .collect(),
+                next_token: None,
+            }],
+            ..Default::default()
+        };
+        let policy = SendPolicy {
+            emails_per_second: 100_000.0,
+            max_in_flight: 8,
+        };
+        let worker = Worker::new(
+            sqs.clone(),
+            directory,
+            Sender::new(RecordingMailer::default(), policy),
+            store.clone(),
+            50,
+        );
+        Self { sqs, store, worker }
+    }
+
+    /// Runs the worker on everything queued, as Lambda's trigger does, until nothing is left;
+    /// returns how many messages it reported failed (each would be retried, then dead-lettered).
+    async fn drain(&self) -> usize {
+        let mut failed = 0;
+        loop {
+            let Some(message) = self.sqs.0.lock().unwrap().pop_front() else {
+                return failed;
+            };
+            let body = message.encode();
+            let record = QueueRecord {
+                message_id: "m",
+                body: &body,
+            };
+            let deadline = SystemTime::now() + Duration::from_secs(60);
+            failed += self.worker.process_batch(&[record], deadline).await.len();
+        }
+    }
+
+    /// Every email sent, by recipient, sorted.
+    fn emails(&self) -> Vec<String> {
+        let mut recipients = self.worker.sender().mailer().recipients();
+        recipients.sort();
+        recipients
+    }
+
+    fn queued(&self) -> usize {
+        self.sqs.0.lock().unwrap().len()
+    }
+}
+
+/// How accept's `SendMessage` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    /// Stored and answered.
+    Answered,
+    /// Stored; the answer is lost.
+    Lost,
+    /// Stored, and the worker is quick: it has done the job by the time accept's SDK gives up
+    /// waiting for the lost answer.
+    LostAfterTheWorkerRan,
+    /// Stored; the answer never comes.
+    Stalled,
+}
+
+/// Accept's view of the jobs queue: the system's, with the answers `sends` says.
+struct AcceptQueue<'a> {
+    system: &'a System,
+    sends: Mutex<VecDeque<Send>>,
+}
+
+impl<'a> AcceptQueue<'a> {
+    fn new(system: &'a System, sends: impl IntoIterator<Item = Send>) -> Self {
+        Self {
+            system,
+            sends: Mutex::new(sends.into_iter().collect()),
+        }
+    }
+}
+
+impl MessageQueue for AcceptQueue<'_> {
+    async fn send(&self, message: &Message) -> Result<(), QueueError> {
+        self.send_all(std::slice::from_ref(message)).await
+    }
+
+    async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
+        let send = self.sends.lock().unwrap().pop_front();
+        self.system.sqs.send_all(messages).await?;
+        match send.unwrap_or(Send::Answered) {
+            Send::Answered => Ok(()),
+            Send::Lost => Err(QueueError("timed out waiting for the answer".into())),
+            Send::LostAfterTheWorkerRan => {
+                self.system.drain().await;
+                Err(QueueError("timed out waiting for the answer".into()))
+            }
+            Send::Stalled => std::future::pending().await,
+        }
+    }
+}
+
+fn body() -> Vec<u8> {
+    json!({
+        "subject": "Weekly",
+        "sections": [{"topic": "rust", "title": "News", "body": "text"}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::parse("order-42").unwrap()
+}
+
+async fn post<S: TaskStore + IdempotencyStore>(
+    queue: &AcceptQueue<'_>,
+    store: &S,
+    key: Option<&IdempotencyKey>,
+) -> Result<TaskId, SubmitError> {
+    submit(queue, store, &body(), key, &Deadline::of_invocation(None)).await
+}
+
+async fn status(system: &System, task_id: TaskId) -> Option<TaskStatus> {
+    Some(system.store.get(task_id).await.unwrap()?.status)
+}
+
+#[tokio::test]
+async fn a_keyed_retry_after_a_lost_answer_never_sends_twice_when_the_worker_was_quick() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::LostAfterTheWorkerRan]);
+
+    let first = post(&queue, &system.store, Some(&key())).await;
+    let retry = post(&queue, &system.store, Some(&key())).await;
+    system.drain().await;
+
+    let first = first.expect("the worker had started the job: it is accepted after all");
+    assert_eq!(retry.unwrap(), first, "the retry is a replay");
+    assert_eq!(system.emails(), SUBSCRIBERS, "one email each");
+    assert_eq!(status(&system, first).await, Some(TaskStatus::Completed));
+}
+
+#[tokio::test]
+async fn a_keyed_retry_after_a_lost_answer_never_sends_twice_when_the_job_waits() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::Lost]);
+
+    let first = post(&queue, &system.store, Some(&key())).await;
+    assert!(matches!(first, Err(SubmitError::Queue(_))), "{first:?}");
+    let retry = post(&queue, &system.store, Some(&key()))
+        .await
+        .expect("the key was given back with the task withdrawn");
+    assert_eq!(system.queued(), 2, "the lost one's job is on the queue too");
+    assert_eq!(
+        system.drain().await,
+        0,
+        "the withdrawn job is dropped, not failed"
+    );
+
+    assert_eq!(system.emails(), SUBSCRIBERS, "one email each");
+    assert_eq!(status(&system, retry).await, Some(TaskStatus::Completed));
+}
+
+#[tokio::test]
+async fn without_a_key_a_503_is_never_followed_by_a_delivery() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::Lost]);
+
+    let result = post(&queue, &system.store, None).await;
+    assert!(matches!(result, Err(SubmitError::Queue(_))), "{result:?}");
+    assert_eq!(system.queued(), 1, "SQS stored the job");
+    system.drain().await;
+
+    assert!(system.emails().is_empty(), "{:?}", system.emails());
+    assert_eq!(system.store.task_count(), 1);
+}
+
+#[tokio::test]
+async fn without_a_key_a_job_the_worker_did_at_once_is_answered_202() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::LostAfterTheWorkerRan]);
+
+    let task_id = post(&queue, &system.store, None)
+        .await
+        .expect("its delivery is under way: 202, not a 503 the caller would retry");
+
+    assert_eq!(system.emails(), SUBSCRIBERS);
+    assert_eq!(status(&system, task_id).await, Some(TaskStatus::Completed));
+}
+
+#[tokio::test]
+async fn a_task_that_cannot_be_withdrawn_is_named_in_the_error_and_keeps_its_key() {
+    let system = System::new();
+    let store = FaultyStore::new(system.store.clone(), [("withdraw", vec![Fault::Fail])]);
+    let queue = AcceptQueue::new(&system, [Send::Lost]);
+
+    let result = post(&queue, &store, Some(&key())).await;
+
+    let Err(SubmitError::InDoubt { task_id, .. }) = result else {
+        panic!("expected the task in doubt, got {result:?}");
+    };
+    assert_eq!(status(&system, task_id).await, Some(TaskStatus::Accepted));
+    assert_eq!(
+        system.store.key_holder("order-42"),
+        Some(task_id),
+        "the key stays reserved: its job may go ahead"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_in_doubt_is_409_while_its_request_may_run_then_recovered() {
+    let system = System::new();
+    let store = FaultyStore::new(system.store.clone(), [("withdraw", vec![Fault::Fail])]);
+    let queue = AcceptQueue::new(&system, [Send::Lost]);
+    let Err(SubmitError::InDoubt { task_id: dead, .. }) = post(&queue, &store, Some(&key())).await
+    else {
+        panic!("expected the task in doubt");
+    };
+
+    let early = post(&queue, &store, Some(&key())).await;
+    assert!(matches!(early, Err(SubmitError::KeyInFlight)), "{early:?}");
+
+    // Its request's deadline (and the skew) have passed.
+    system
+        .store
+        .set_running_until("order-42", SystemTime::now() - Duration::from_secs(1));
+    let recovered = post(&queue, &store, Some(&key()))
+        .await
+        .expect("the key is recovered");
+    assert_ne!(recovered, dead);
+    assert_eq!(status(&system, dead).await, Some(TaskStatus::Withdrawn));
+    assert_eq!(system.drain().await, 0);
+    assert_eq!(system.emails(), SUBSCRIBERS, "one email each");
+    assert_eq!(
+        post(&queue, &store, Some(&key())).await.unwrap(),
+        recovered,
+        "later retries replay the recovered task"
+    );
+}
+
+#[tokio::test]
+async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
+    let system = System::new();
+    // A request reserved the key and recorded its task, then its invocation was stopped.
+    let dead = TaskId::generate();
+    let fingerprint =
+        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap());
+    let gone = SystemTime::now() - Duration::from_secs(1);
+    system
+        .store
+        .reserve("order-42", &fingerprint, dead, gone)
+        .await
+        .unwrap();
+    system.store.create(dead).await.unwrap();
+    let queue = AcceptQueue::new(&system, []);
+
+    let task_id = post(&queue, &system.store, Some(&key()))
+        .await
+        .expect("a 202 now, not a 409 for the key's 24 hours");
+
+    assert_ne!(task_id, dead);
+    assert_eq!(status(&system, dead).await, Some(TaskStatus::Withdrawn));
+    system.drain().await;
+    assert_eq!(system.emails(), SUBSCRIBERS);
+}
+
+#[tokio::test]
+async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
+    let system = System::new();
+    let fingerprint =
+        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap());
+    // The request queued its job (the worker has done it) and died before marking its key.
+    let dead = TaskId::generate();
+    let gone = SystemTime::now() - Duration::from_secs(1);
+    system
+        .store
+        .reserve("order-42", &fingerprint, dead, gone)
+        .await
+        .unwrap();
+    system.store.create(dead).await.unwrap();
+    let job = Message::Job(Job {
+        task_id: dead,
+        newsletter: Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
+        cursor: None,
+    });
+    system.sqs.send(&job).await.unwrap();
+    system.drain().await;
+
+    let task_id = post(&AcceptQueue::new(&system, []), &system.store, Some(&key()))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        task_id, dead,
+        "its job was queued: the original task is the answer"
+    );
+    assert_eq!(system.queued(), 0, "nothing queued again");
+    assert_eq!(system.emails(), SUBSCRIBERS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_that_never_answers_is_a_503_before_the_deadline() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::Stalled]);
+    let deadline = Deadline::of_invocation(Some(SystemTime::now() + Duration::from_secs(10)));
+    let started = Instant::now();
+
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        submit(&queue, &system.store, &body(), Some(&key()), &deadline),
+    )
+    .await
+    .expect("submit answers by itself");
+
+    assert!(matches!(result, Err(SubmitError::Queue(_))), "{result:?}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(9700),
+        "answered {:?} after the start, with the answer's margin kept",
+        started.elapsed()
+    );
+    assert_eq!(system.store.key_count(), 0, "the key is given back");
+    system.drain().await;
+    assert!(system.emails().is_empty(), "the stalled job is withdrawn");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_stops_answering_after_the_queue_failed_still_gets_an_answer_in_time() {
+    let system = System::new();
+    let queue = AcceptQueue::new(&system, [Send::Stalled]);
+    let store = Stalling {
+        inner: system.store.clone(),
+    };
+    let deadline = Deadline::of_invocation(Some(SystemTime::now() + Duration::from_secs(10)));
+    let started = Instant::now();
+
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        submit(&queue, &store, &body(), None, &deadline),
+    )
+    .await
+    .expect("submit answers by itself");
+
+    let Err(SubmitError::InDoubt { task_id, .. }) = result else {
+        panic!("expected the task in doubt, got {result:?}");
+    };
+    assert!(started.elapsed() <= Duration::from_millis(9700));
+    assert_eq!(status(&system, task_id).await, Some(TaskStatus::Accepted));
+}
+
+#[test]
+fn without_an_invocation_deadline_a_request_gets_the_function_timeout() {
+    for missing in [None, Some(UNIX_EPOCH)] {
+        let deadline = Deadline::of_invocation(missing);
+        let limit = deadline.at.duration_since(SystemTime::now()).unwrap();
+        assert!(limit > Duration::from_secs(9) && limit <= DEFAULT_TIME_LIMIT);
+        assert!(deadline.calls_end < deadline.settle_end);
+    }
+    let short = Deadline::of_invocation(Some(SystemTime::now() + Duration::from_secs(1)));
+    assert!(
+        short.calls_end > Instant::now() + Duration::from_millis(600),
+        "a short limit scales the reserves down"
+    );
+}
+
+/// The store, except that withdrawing never answers.
+struct Stalling {
+    inner: MemoryStore,
+}
+
+impl TaskStore for Stalling {
+    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+        self.inner.create(task_id).await
+    }
+    async fn get(&self, task_id: TaskId) -> Result<Option<crate::tasks::TaskRecord>, StoreError> {
+        self.inner.get(task_id).await
+    }
+    async fn record_failure(
+        &self,
+        task_id: TaskId,
+        failure: crate::tasks::PartFailure,
+        stops_planning_at: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_failure(task_id, failure, stops_planning_at)
+            .await
+    }
+    async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
+        self.inner.finish(task_id, status).await
+    }
+    async fn withdraw(&self, _task_id: TaskId) -> Result<Withdrawal, StoreError> {
+        std::future::pending().await
+    }
+}
+
+impl IdempotencyStore for Stalling {
+    async fn reserve(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<Reservation, StoreError> {
+        self.inner
+            .reserve(key, fingerprint, task_id, running_until)
+            .await
+    }
+    async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.mark_queued(key).await
+    }
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.release(key).await
+    }
+    async fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .take_over(key, from, task_id, running_until)
+            .await
+    }
+}
