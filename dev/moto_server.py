@@ -9,7 +9,7 @@ rewrites those timestamps and then starts the ordinary moto server with the give
 Fault injection for tests (off unless set), on SES v2 SendEmail:
     LOCAL_SES_REJECT=<regex>     recipients matching it are refused with MessageRejected (permanent)
     LOCAL_SES_FAIL_FIRST=<regex> the first sends to each matching recipient fail with
-                                 SendingPausedException (transient); later sends succeed
+                                 a 503 ServiceUnavailable (transient); later sends succeed
     LOCAL_SES_FAIL_TIMES=<n>     how many first sends fail (default 3: the worker's tries per
                                  invocation, so the recipient is left owed and sent on the retry)
 """
@@ -55,6 +55,12 @@ with_epoch_timestamps(models.Contact)
 with_epoch_timestamps(models.ContactList)
 
 
+class InjectedOutage(JsonRESTError):
+    """A 503, as SES answers when it cannot take a send now: transient, unlike SendingPaused."""
+
+    code = 503
+
+
 def with_injected_send_failures(reject, fail_first, fail_times):
     original = SESV2Backend.send_email
     failures = {}
@@ -65,7 +71,7 @@ def with_injected_send_failures(reject, fail_first, fail_times):
                 raise JsonRESTError("MessageRejected", f"injected rejection of {address}")
             if fail_first and fail_first.search(address) and failures.get(address, 0) < fail_times:
                 failures[address] = failures.get(address, 0) + 1
-                raise JsonRESTError("SendingPausedException", f"injected failure for {address}")
+                raise InjectedOutage("ServiceUnavailable", f"injected failure for {address}")
         return original(self, source, destinations, subject, body)
 
     SESV2Backend.send_email = send_email
