@@ -10,6 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod contract;
+
 async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
     let root = repository_root();
     let settings = Settings {

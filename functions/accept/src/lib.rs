@@ -4,11 +4,12 @@
 
 pub mod event;
 mod problem;
+mod routes;
 
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::{
     Body, Request, RequestExt, Response,
-    http::{Method, StatusCode, header},
+    http::{StatusCode, header},
 };
 use newsletter::{
     IdempotencyKey, TaskId,
@@ -18,10 +19,11 @@ use newsletter::{
     tasks::{IdempotencyStore, TaskRecord, TaskStore},
 };
 use problem::Problem;
+use routes::{Route, route};
 use serde::Serialize;
 use std::time::Duration;
 
-pub const NEWSLETTERS_PATH: &str = "/newsletters";
+pub use routes::{NEWSLETTERS_PATH, ROUTES, TASK_PATH};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client polling an unfinished task should wait before asking again.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
@@ -49,7 +51,7 @@ pub enum AcceptError {
     #[error("no resource at this path")]
     NotFound,
     #[error("method not allowed here; allowed: {0}")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
@@ -58,22 +60,6 @@ pub enum AcceptError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Status(#[from] StatusError),
-}
-
-/// What a request asks for.
-enum Route<'a> {
-    Newsletters,
-    Task(&'a str),
-}
-
-fn route(path: &str) -> Option<Route<'_>> {
-    match path.strip_prefix(NEWSLETTERS_PATH)? {
-        "" => Some(Route::Newsletters),
-        rest => rest
-            .strip_prefix('/')
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map(Route::Task),
-    }
 }
 
 #[derive(Serialize)]
@@ -96,17 +82,14 @@ where
         // The raw path leaves out any API Gateway stage name, so routing is the same behind a REST
         // API stage, an HTTP API, or a function URL.
         let result = match route(request.raw_http_path()) {
-            Some(Route::Newsletters) if request.method() == Method::POST => {
-                self.accept(&request).await.map(accepted)
+            Some(route) if !route.serves(request.method()) => {
+                Err(AcceptError::MethodNotAllowed(route.allow()))
             }
-            Some(Route::Newsletters) => Err(AcceptError::MethodNotAllowed("POST")),
-            Some(Route::Task(id)) if request.method() == Method::GET => {
-                task_status(&self.store, id)
-                    .await
-                    .map(status)
-                    .map_err(Into::into)
-            }
-            Some(Route::Task(_)) => Err(AcceptError::MethodNotAllowed("GET")),
+            Some(Route::Newsletters) => self.accept(&request).await.map(accepted),
+            Some(Route::Task(id)) => task_status(&self.store, id)
+                .await
+                .map(status)
+                .map_err(Into::into),
             None => Err(AcceptError::NotFound),
         };
         result.unwrap_or_else(|err| {

@@ -66,7 +66,7 @@ impl From<AcceptError> for Problem {
                 Problem::new(StatusCode::NOT_FOUND, "not-found", "Not Found", detail)
             }
             AcceptError::MethodNotAllowed(allowed) => Problem {
-                headers: vec![(header::ALLOW, allowed.into())],
+                headers: vec![(header::ALLOW, allowed)],
                 ..Problem::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method-not-allowed",

@@ -1,0 +1,115 @@
+//! The route table: what the handler serves, as `openapi.yaml` and `template.yaml` write it.
+
+use lambda_http::http::Method;
+
+pub const NEWSLETTERS_PATH: &str = "/newsletters";
+/// A task's status; `{task_id}` is one path segment.
+pub const TASK_PATH: &str = "/newsletters/{task_id}";
+
+/// Every route the handler serves: (method, path template). The router answers only these: any
+/// other method on one of these paths is a 405 whose `Allow` this table gives.
+/// `tests/routes.rs` checks that `openapi.yaml` and `template.yaml`'s HttpApi events list the same.
+pub const ROUTES: &[(&str, &str)] = &[("POST", NEWSLETTERS_PATH), ("GET", TASK_PATH)];
+
+/// What a request asks for: one path template of [`ROUTES`], and what it captured.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    Newsletters,
+    Task(&'a str),
+}
+
+pub(crate) fn route(path: &str) -> Option<Route<'_>> {
+    match path.strip_prefix(NEWSLETTERS_PATH)? {
+        "" => Some(Route::Newsletters),
+        rest => rest
+            .strip_prefix('/')
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(Route::Task),
+    }
+}
+
+impl Route<'_> {
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Newsletters => NEWSLETTERS_PATH,
+            Route::Task(_) => TASK_PATH,
+        }
+    }
+
+    fn methods(&self) -> impl Iterator<Item = &'static str> {
+        let template = self.template();
+        ROUTES
+            .iter()
+            .filter(move |(_, path)| *path == template)
+            .map(|(method, _)| *method)
+    }
+
+    pub(crate) fn serves(&self, method: &Method) -> bool {
+        self.methods().any(|served| served == method.as_str())
+    }
+
+    /// The `Allow` header of a 405 on this path.
+    pub(crate) fn allow(&self) -> String {
+        self.methods().collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that `template` matches, with each `{parameter}` segment filled in.
+    fn instance(template: &str) -> String {
+        template
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "01a21247-9995-70f9-bc17-8ed0fa487837"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// The router and the table cannot drift apart: each entry is routed to its own template and
+    /// served for its method, and the handler, which dispatches on the route alone, meets no path
+    /// that serves two methods.
+    #[test]
+    fn every_route_of_the_table_is_served() {
+        for (method, template) in ROUTES {
+            let path = instance(template);
+            let routed = route(&path).unwrap_or_else(|| panic!("{path} is not routed"));
+            assert_eq!(routed.template(), *template, "{path}");
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(routed.serves(&method), "{method} {template} is not served");
+            assert_eq!(
+                routed.methods().count(),
+                1,
+                "App::handle dispatches on the route alone: dispatch {template} on the method too"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_lists_the_table_methods_of_the_path() {
+        assert_eq!(Route::Newsletters.allow(), "POST");
+        assert_eq!(Route::Task("x").allow(), "GET");
+        assert!(!Route::Newsletters.serves(&Method::GET));
+        assert!(!Route::Task("x").serves(&Method::HEAD));
+    }
+
+    #[test]
+    fn paths_outside_the_table_are_not_routed() {
+        for path in [
+            "/",
+            "/newsletter",
+            "/newsletters/",
+            "/newsletters/a/b",
+            "/newslettersx",
+        ] {
+            assert_eq!(route(path), None, "{path}");
+        }
+    }
+}
