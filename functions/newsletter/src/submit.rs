@@ -44,12 +44,13 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// The invocation's deadline; `None`, or the epoch (a `Context` with no deadline set, as in
-    /// tests), gives [`DEFAULT_TIME_LIMIT`] from now.
+    /// The invocation's deadline; `None`, or one already past, gives [`DEFAULT_TIME_LIMIT`] from
+    /// now. Lambda always sends a deadline in the future; a `Context` with none set (tests) reads
+    /// as the epoch, and `cargo lambda watch` sends a duration (600000 ms), which reads as 1970.
     pub fn of_invocation(deadline: Option<SystemTime>) -> Self {
         let now = SystemTime::now();
         let at = deadline
-            .filter(|at| *at > UNIX_EPOCH)
+            .filter(|at| *at > now)
             .unwrap_or(now + DEFAULT_TIME_LIMIT);
         let remaining = at.duration_since(now).unwrap_or_default();
         // A short limit (a test's) scales the reserves down rather than leaving no time for calls.

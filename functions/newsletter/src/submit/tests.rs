@@ -398,7 +398,12 @@ async fn a_store_that_stops_answering_after_the_queue_failed_still_gets_an_answe
 
 #[test]
 fn without_an_invocation_deadline_a_request_gets_the_function_timeout() {
-    for missing in [None, Some(UNIX_EPOCH)] {
+    // cargo lambda watch sends the timeout as a duration: 600000 ms after the epoch.
+    for missing in [
+        None,
+        Some(UNIX_EPOCH),
+        Some(UNIX_EPOCH + Duration::from_millis(600_000)),
+    ] {
         let deadline = Deadline::of_invocation(missing);
         let limit = deadline.at.duration_since(SystemTime::now()).unwrap();
         assert!(limit > Duration::from_secs(9) && limit <= DEFAULT_TIME_LIMIT);
