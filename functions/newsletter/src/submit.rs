@@ -7,7 +7,7 @@ use crate::queue::{MessageQueue, QueueError};
 use crate::tasks::{IdempotencyStore, Reservation, StoreError, TaskStore, Withdrawal};
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument;
 
