@@ -11,6 +11,7 @@ use crate::work::{QueueRecord, Worker};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
 
 const SUBSCRIBERS: [&str; 3] = ["a@x.io", "b@x.io", "c@x.io"];
 
