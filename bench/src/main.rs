@@ -291,6 +291,10 @@ async fn cold_starts(
             ),
             ("FROM_ADDRESS".into(), settings.from_address.clone()),
             (
+                "RECIPIENT_HASH_KEY".into(),
+                local_stack::LOCAL_RECIPIENT_HASH_KEY.into(),
+            ),
+            (
                 "DEAD_LETTER_QUEUE_URL".into(),
                 dead_letter_queue_url.to_owned(),
             ),
