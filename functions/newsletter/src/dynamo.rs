@@ -237,6 +237,25 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
     })
 }
 
+/// Whether a conditional `UpdateItem` took effect: `false` when its condition did not hold.
+fn applied<T, R: std::fmt::Debug>(
+    result: Result<T, SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>>,
+) -> Result<bool, StoreError> {
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if matches!(
+                err.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(store_error(err)),
+    }
+}
+
 /// A failure's stored code. Items written before codes existed hold a sentence: their part's
 /// name tells which failure it was.
 fn failure_code(part: &str, stored: &AttributeValue) -> FailureCode {
@@ -1126,7 +1145,6 @@ impl ChunkStore for DynamoStore {
 
 impl PauseStore for DynamoStore {
     async fn pause(&self, task_id: TaskId, code: PauseCode) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -1144,18 +1162,7 @@ impl PauseStore for DynamoStore {
             .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(store_error(err)),
-        }
+        applied(result)
     }
 
     async fn park(
@@ -1194,7 +1201,6 @@ impl PauseStore for DynamoStore {
     }
 
     async fn unpause(&self, task_id: TaskId) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -1205,18 +1211,7 @@ impl PauseStore for DynamoStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(store_error(err)),
-        }
+        applied(result)
     }
 
     async fn parked(&self, task_id: TaskId) -> Result<Vec<(String, String)>, StoreError> {

@@ -30,6 +30,8 @@ pub enum Fault {
     Fail,
     /// The call takes effect, but its answer is lost: the caller sees an error.
     LoseAnswer,
+    /// The call never answers and changes nothing (a dead network path).
+    Stall,
 }
 
 /// Records what is sent; refuses everything when `fail` is set, and the next calls as `faults`
@@ -61,6 +63,9 @@ impl MessageQueue for RecordingQueue {
 
     async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
         let fault = self.faults.lock().unwrap().pop_front();
+        if fault == Some(Fault::Stall) {
+            std::future::pending::<()>().await;
+        }
         if self.fail || fault == Some(Fault::Fail) {
             return Err(QueueError("connection refused".into()));
         }
@@ -799,6 +804,7 @@ impl<S> FaultyStore<S> {
             Some(Fault::Fail) => Err(StoreError(format!(
                 "{operation}: TransactionCanceledException: TransactionConflict"
             ))),
+            Some(Fault::Stall) => std::future::pending().await,
             Some(Fault::LoseAnswer) => {
                 call.await?;
                 Err(StoreError(format!(

@@ -377,9 +377,7 @@ async fn a_queue_that_never_answers_is_a_503_before_the_deadline() {
 async fn a_store_that_stops_answering_after_the_queue_failed_still_gets_an_answer_in_time() {
     let system = System::new();
     let queue = AcceptQueue::new(&system, [Send::Stalled]);
-    let store = Stalling {
-        inner: system.store.clone(),
-    };
+    let store = FaultyStore::new(system.store.clone(), [("withdraw", vec![Fault::Stall])]);
     let deadline = Deadline::of_invocation(Some(SystemTime::now() + Duration::from_secs(10)));
     let started = Instant::now();
 
@@ -415,65 +413,4 @@ fn without_an_invocation_deadline_a_request_gets_the_function_timeout() {
         short.calls_end > Instant::now() + Duration::from_millis(600),
         "a short limit scales the reserves down"
     );
-}
-
-/// The store, except that withdrawing never answers.
-struct Stalling {
-    inner: MemoryStore,
-}
-
-impl TaskStore for Stalling {
-    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.inner.create(task_id).await
-    }
-    async fn get(&self, task_id: TaskId) -> Result<Option<crate::tasks::TaskRecord>, StoreError> {
-        self.inner.get(task_id).await
-    }
-    async fn record_failure(
-        &self,
-        task_id: TaskId,
-        failure: crate::tasks::PartFailure,
-        stops_planning_at: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .record_failure(task_id, failure, stops_planning_at)
-            .await
-    }
-    async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
-        self.inner.finish(task_id, status).await
-    }
-    async fn withdraw(&self, _task_id: TaskId) -> Result<Withdrawal, StoreError> {
-        std::future::pending().await
-    }
-}
-
-impl IdempotencyStore for Stalling {
-    async fn reserve(
-        &self,
-        key: &str,
-        fingerprint: &str,
-        task_id: TaskId,
-        running_until: SystemTime,
-    ) -> Result<Reservation, StoreError> {
-        self.inner
-            .reserve(key, fingerprint, task_id, running_until)
-            .await
-    }
-    async fn mark_queued(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.mark_queued(key).await
-    }
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.release(key).await
-    }
-    async fn take_over(
-        &self,
-        key: &str,
-        from: TaskId,
-        task_id: TaskId,
-        running_until: SystemTime,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .take_over(key, from, task_id, running_until)
-            .await
-    }
 }
