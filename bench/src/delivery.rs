@@ -10,9 +10,9 @@ use lambda_runtime::LambdaEvent;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
-use newsletter::dynamo::DynamoStore;
-use newsletter::queue::{MessageQueue, SqsQueue};
-use newsletter::tasks::PlanStore;
+use newsletter::ports::{MessageQueue, PlanStore};
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::sqs::SqsQueue;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use worker::{SesFunction, WorkerEvent, WorkerResponse};
 

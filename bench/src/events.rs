@@ -6,11 +6,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use newsletter::TaskId;
 use newsletter::domain::{EmailAddress, Topic};
-use newsletter::dynamo::DynamoStore;
-use newsletter::fakes::RecordingQueue;
 use newsletter::message::{Delivery, Message, Recipient};
 use newsletter::planning::{PagePlan, chunk};
-use newsletter::tasks::PlanStore;
+use newsletter::ports::PlanStore;
+use newsletter::testing::fakes::RecordingQueue;
+use newsletter_aws::dynamodb::DynamoStore;
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> anyhow::Result<Vec<u8>> {

@@ -16,10 +16,11 @@ use local_stack::lambda_host::{
     Ending, FunctionConfig, HostOptions, HostStats, Instance, KillPlan, SqsHost,
 };
 use local_stack::ses_endpoint::{Received, SesBehaviour, SesEndpoint};
-use newsletter::dynamo::DynamoStore;
+use newsletter::domain::TaskRecord;
 use newsletter::message::Recipient;
-use newsletter::queue::{MessageQueue, SqsQueue};
-use newsletter::tasks::{PlanStore, TaskRecord, TaskStore};
+use newsletter::ports::{MessageQueue, PlanStore, TaskStore};
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::sqs::SqsQueue;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -89,7 +90,7 @@ pub struct Workload {
     pub max_messages: Option<usize>,
 }
 
-/// The sweep's answer (`newsletter::work::SweepReport`; what it deferred is what it saw and
+/// The sweep's answer (`newsletter::dispatch::SweepReport`; what it deferred is what it saw and
 /// did not account).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct Swept {

@@ -7,9 +7,9 @@ use crate::report::{Row, Target};
 use local_stack::event_source::Trigger;
 use local_stack::lambda_host::KillPlan;
 use local_stack::ses_endpoint::SesBehaviour;
-use newsletter::deliver::SETTLE_GROUP;
+use newsletter::domain::TaskStatus;
 use newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY;
-use newsletter::tasks::TaskStatus;
+use newsletter::sending::SETTLE_GROUP;
 use std::time::Duration;
 
 /// The overall rate the "N for" figure extrapolates to: the steady-state target.

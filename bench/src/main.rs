@@ -22,7 +22,7 @@ use events::Invocations;
 use function::FunctionSpec;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
-use newsletter::dynamo::DynamoStore;
+use newsletter_aws::dynamodb::DynamoStore;
 use report::{Machine, Report, Row, Target};
 use stats::ms;
 use std::path::PathBuf;

@@ -2,7 +2,9 @@
 
 use crate::helpers::{event_file, json_body, post_request, spawn_app};
 use ::accept::App;
-use newsletter::{dynamo::DynamoStore, message::Message, queue::SqsQueue};
+use newsletter::message::Message;
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::sqs::SqsQueue;
 use serde_json::json;
 
 #[tokio::test]

@@ -6,8 +6,9 @@ use lambda_http::{Body, Request, Response, http::HeaderValue};
 use local_stack::Settings;
 use local_stack::sqs_proxy::SendFault;
 use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use newsletter::domain::TaskStatus;
 use newsletter::message::Message;
-use newsletter::tasks::{TaskStatus, TaskStore};
+use newsletter::ports::TaskStore;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ use local_stack::event_source::Invoke;
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
 use newsletter::message::Message;
-use newsletter::tasks::TaskStore;
+use newsletter::ports::TaskStore;
 
 /// API Gateway and function URL requests for `accept`, and the status each must get.
 const HTTP_EVENTS: &[(&str, u16)] = &[

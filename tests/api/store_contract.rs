@@ -1,8 +1,8 @@
-//! The store contract (`newsletter::contract`) on the DynamoDB store, against DynamoDB Local:
+//! The store contract (`newsletter::testing::contract`) on the DynamoDB store, against DynamoDB Local:
 //! the same scenarios the in-memory store passes in the unit tests, so that no unit test can
 //! pass on behaviour the shipped store does not have.
 
-use newsletter::dynamo::DynamoStore;
+use newsletter_aws::dynamodb::DynamoStore;
 
 /// The DynamoDB store on a table of its own on the test process's DynamoDB Local.
 async fn dynamo_store() -> DynamoStore {

@@ -10,9 +10,10 @@ use local_stack::lambda_host::{self, FunctionConfig, HostOptions, HostStats, Kil
 use local_stack::ses_endpoint::{Received, SesBehaviour, SesEndpoint};
 use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
 use local_stack::{Endpoints, MotoServer, Provisioned, Settings};
-use newsletter::dynamo::DynamoStore;
-use newsletter::queue::SqsQueue;
-use newsletter::tasks::{TaskRecord, TaskStatus, TaskStore};
+use newsletter::domain::{TaskRecord, TaskStatus};
+use newsletter::ports::TaskStore;
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::sqs::SqsQueue;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@ use local_stack::event_source::Trigger;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::Audience;
 use local_stack::{Settings, repository_root};
-use newsletter::tasks::TaskStore;
+use newsletter::ports::TaskStore;
 use std::sync::Arc;
 
 const DEFAULT_AWS_PORT: u16 = 4566;
@@ -75,7 +75,7 @@ async fn dev() -> anyhow::Result<()> {
     // reports jobs of tasks without a record failed, never delivers them).
     let sample_task = SAMPLE_TASK_ID.parse().context("the samples' task id")?;
     let aws = local_stack::sdk_config(stack.endpoints()).await;
-    newsletter::dynamo::DynamoStore::new(
+    newsletter_aws::dynamodb::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&aws),
         &stack.settings.table_name,
     )

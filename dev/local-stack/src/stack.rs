@@ -164,7 +164,7 @@ impl LocalStack {
     }
 }
 
-/// The worker's timeout, as `template.yaml` sets it (`Mappings.Constants.Worker.Timeout`).
+/// The worker's timeout, as `template.yaml` sets it (`Mappings.Constants.Dispatcher.Timeout`).
 pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often `make dev` sweeps the dead-letter queue; the template's schedule does every 5
 /// minutes, which is long to wait for at a desk.

@@ -19,10 +19,7 @@ use lambda_http::{
     },
     request::LambdaRequest,
 };
-use newsletter::{
-    queue::MessageQueue,
-    tasks::{IdempotencyStore, TaskStore},
-};
+use newsletter::ports::{IdempotencyStore, MessageQueue, TaskStore};
 use std::net::Ipv6Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

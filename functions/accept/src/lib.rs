@@ -11,13 +11,11 @@ use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{StatusCode, header},
 };
-use newsletter::{
-    IdempotencyKey, TaskId,
-    queue::MessageQueue,
-    status::{StatusError, task_status},
-    submit::{Deadline, SubmitError, submit},
-    tasks::{IdempotencyStore, TaskRecord, TaskStore},
-};
+use newsletter::domain::TaskRecord;
+use newsletter::ports::{IdempotencyStore, MessageQueue, TaskStore};
+use newsletter::status::{StatusError, task_status};
+use newsletter::submit::{Deadline, SubmitError, submit};
+use newsletter::{IdempotencyKey, TaskId};
 use problem::Problem;
 use routes::{Route, route};
 use serde::Serialize;

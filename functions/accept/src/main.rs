@@ -2,7 +2,10 @@
 
 use accept::App;
 use lambda_http::{Error, lambda_runtime, service_fn};
-use newsletter::{config, dynamo::DynamoStore, queue::SqsQueue, sdk};
+use newsletter::config;
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::sdk;
+use newsletter_aws::sqs::SqsQueue;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {

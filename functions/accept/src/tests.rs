@@ -3,13 +3,11 @@
 
 use super::*;
 use lambda_http::http::{self, HeaderValue};
-use newsletter::{
-    TaskId,
-    fakes::{Fault, FaultyStore, MemoryStore, RecordingQueue},
-    message::Message,
-    queue::QueueError,
-    tasks::{TaskStatus, TaskStore},
-};
+use newsletter::TaskId;
+use newsletter::domain::TaskStatus;
+use newsletter::message::Message;
+use newsletter::ports::{QueueError, TaskStore};
+use newsletter::testing::fakes::{Fault, FaultyStore, MemoryStore, RecordingQueue};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,6 @@
 use newsletter::config::{self, ConfigError};
-use newsletter::deliver::Budget;
 use newsletter::planning::MAX_RECIPIENTS_PER_DELIVERY;
+use newsletter::sending::Budget;
 use std::time::Duration;
 
 /// The worker's settings, from the environment the template sets.

@@ -2,30 +2,29 @@
 //! failed, so SQS retries only those; and, on a schedule, sweep the dead-letter queue.
 
 mod config;
-pub mod ses;
 
 pub use config::{Config, SecretKey};
 
-use aws_config::{SdkConfig, retry::RetryConfig};
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent};
-use newsletter::{
-    TaskId,
-    deliver::{Mailer, SendPolicy, Sender},
-    directory::ContactDirectory,
-    domain::RecipientRefs,
-    dynamo::DynamoStore,
-    queue::{DeadLetterQueue, MessageQueue, SqsQueue},
-    tasks::{ChunkStore, PauseStore, PlanStore, TaskStore},
-    work::{QueueRecord, ResumeReport, SweepReport, Worker},
+use newsletter::TaskId;
+use newsletter::dispatch::{Dispatcher, QueueRecord, ResumeReport, SweepReport};
+use newsletter::domain::RecipientRefs;
+use newsletter::ports::{
+    ChunkStore, ContactDirectory, DeadLetterQueue, Mailer, MessageQueue, PauseStore, PlanStore,
+    TaskStore,
 };
+use newsletter::sending::{SendPolicy, Sender};
+use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::ses::{self, SesContactList, SesMailer};
+use newsletter_aws::sqs::SqsQueue;
 use serde::{Deserialize, Serialize};
-use ses::{SesContactList, SesMailer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the function holds from init on.
 pub struct Function<Q, D, M, S, L> {
-    pub worker: Worker<Q, D, M, S>,
+    pub dispatcher: Dispatcher<Q, D, M, S>,
     pub dead_letters: L,
     /// The function's timeout: the deadline to assume when the runtime gives none.
     pub time_limit: Duration,
@@ -39,40 +38,17 @@ pub fn build(
     config: &Config,
     aws: &SdkConfig,
 ) -> Result<SesFunction, newsletter::config::ConfigError> {
-    // The contact-list APIs have low per-account request rates: when several plans run at once,
-    // back off and retry inside the SDK rather than fail the job message. Planning comes first
-    // in an invocation, so these calls may take longer than the store's and the sends'.
-    let ses = aws_sdk_sesv2::Client::from_conf(
-        aws_sdk_sesv2::config::Builder::from(aws)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(1))
-                    .operation_attempt_timeout(Duration::from_secs(5))
-                    .operation_timeout(Duration::from_secs(20))
-                    .build(),
-            )
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(6)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(5)),
-            )
-            .build(),
-    );
-    // Sends are retried by the `Sender`, which slows down on throttling, holds the chunk's
-    // lease meanwhile and never starts a send past its budget; SDK retries would resend
-    // behind its back, at the old rate and past the deadline.
-    let ses_sending = aws_sdk_sesv2::Client::from_conf(
-        aws_sdk_sesv2::config::Builder::from(aws)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    );
     let sqs = aws_sdk_sqs::Client::new(aws);
-    let worker = Worker::new(
+    let dispatcher = Dispatcher::new(
         SqsQueue::new(sqs.clone(), &config.queue_url),
-        SesContactList::new(ses, &config.contact_list_name),
+        SesContactList::new(ses::contact_list_client(aws), &config.contact_list_name),
         Sender::new(
-            SesMailer::new(ses_sending, config),
+            SesMailer::new(
+                ses::sending_client(aws),
+                &config.from_address,
+                &config.contact_list_name,
+                config.configuration_set_name.clone(),
+            ),
             SendPolicy::per_instance(
                 config.max_send_rate,
                 config.max_concurrency,
@@ -84,7 +60,7 @@ pub fn build(
         config.chunk_size()?,
     );
     Ok(Function {
-        worker,
+        dispatcher,
         dead_letters: SqsQueue::new(sqs, &config.dead_letter_queue_url),
         time_limit: config.function_timeout,
     })
@@ -145,14 +121,14 @@ where
     let batch = match event.payload {
         WorkerEvent::Sweep(_) => {
             let report = function
-                .worker
+                .dispatcher
                 .sweep_dead_letters(&function.dead_letters, deadline)
                 .await;
             return Ok(WorkerResponse::Sweep(report));
         }
         WorkerEvent::Resume(ResumeRequest { resume }) => {
             // An error goes back to the operator who invoked it; running it again is safe.
-            let report = function.worker.resume(resume).await?;
+            let report = function.dispatcher.resume(resume).await?;
             return Ok(WorkerResponse::Resume(report));
         }
         WorkerEvent::Batch(batch) => batch,
@@ -165,7 +141,7 @@ where
             body: record.body.as_deref().unwrap_or_default(),
         })
         .collect();
-    let failed = function.worker.process_batch(&records, deadline).await;
+    let failed = function.dispatcher.process_batch(&records, deadline).await;
 
     let mut response = SqsBatchResponse::default();
     for position in failed {

@@ -2,7 +2,7 @@
 
 use aws_config::timeout::TimeoutConfig;
 use lambda_runtime::{Error, run, service_fn};
-use newsletter::sdk;
+use newsletter_aws::sdk;
 use std::time::Duration;
 use worker::Config;
 
@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
     let aws = sdk::load(
         TimeoutConfig::builder()
             // Short enough that a slow call fails within the invocation's reserve (see
-            // `newsletter::deliver::Budget`) and is retried there, not cut off by Lambda.
+            // `newsletter::sending::Budget`) and is retried there, not cut off by Lambda.
             .connect_timeout(Duration::from_secs(1))
             .operation_attempt_timeout(Duration::from_secs(2))
             .operation_timeout(Duration::from_secs(3))

@@ -4,17 +4,16 @@
 use super::*;
 use aws_lambda_events::event::sqs::SqsMessage;
 use lambda_runtime::Context;
-use newsletter::domain::{EmailAddress, Topic};
-use newsletter::{
-    Newsletter, TaskId,
-    audience::{Subscription, TopicDefaults},
-    deliver::{SendError, SendPolicy, Sender},
-    directory::ContactPage,
-    fakes::{MemoryDeadLetters, MemoryStore, PagedDirectory, RecordingMailer, RecordingQueue},
-    message::{Delivery, Message, Recipient},
-    planning::PagePlan,
-    tasks::{PlanStore, TaskStatus, TaskStore},
+use newsletter::audience::{Subscription, TopicDefaults};
+use newsletter::domain::{EmailAddress, TaskStatus, Topic};
+use newsletter::message::{Delivery, Message, Recipient};
+use newsletter::planning::PagePlan;
+use newsletter::ports::{ContactPage, PlanStore, SendError, TaskStore};
+use newsletter::sending::{SendPolicy, Sender};
+use newsletter::testing::fakes::{
+    MemoryDeadLetters, MemoryStore, PagedDirectory, RecordingMailer, RecordingQueue,
 };
+use newsletter::{Newsletter, TaskId};
 use serde_json::json;
 
 type TestFunction =
@@ -31,7 +30,7 @@ fn function_with(mailer: RecordingMailer, store: MemoryStore) -> TestFunction {
         max_in_flight: 4,
     };
     Function {
-        worker: Worker::new(
+        dispatcher: Dispatcher::new(
             RecordingQueue::default(),
             directory,
             Sender::new(mailer, policy),
@@ -118,7 +117,9 @@ fn reported(response: &SqsBatchResponse) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_poison_message_is_reported_alone_and_its_batch_mates_are_done() {
-    let (function, store) = function();
+    let store = MemoryStore::default();
+    let mailer = RecordingMailer::default();
+    let function = function_with(mailer.clone(), store.clone());
     let (_, first) = delivery_to(&store, "a@example.com").await;
     let (_, second) = delivery_to(&store, "b@example.com").await;
     let records = vec![
@@ -130,7 +131,7 @@ async fn a_poison_message_is_reported_alone_and_its_batch_mates_are_done() {
     let response = batch(&function, records).await;
 
     assert_eq!(reported(&response), ["poison"]);
-    let mut sent = function.worker.sender().mailer().recipients();
+    let mut sent = mailer.recipients();
     sent.sort();
     assert_eq!(sent, ["a@example.com", "b@example.com"]);
 }

@@ -2,7 +2,7 @@
 //! runtime calls it: each gets the JSON response its origin expects.
 
 use super::*;
-use newsletter::fakes::{MemoryStore, RecordingQueue};
+use newsletter::testing::fakes::{MemoryStore, RecordingQueue};
 use serde_json::{Value, json};
 
 const CONSOLE_TEST: &str = include_str!("../../../../events/rest-api-console-test.json");

@@ -1,6 +1,8 @@
-//! Amazon SES v2 behind the domain's contact-list and mailer traits.
+//! Amazon SES v2 behind the contact-list and mailer ports: one client for each, as their calls
+//! need different timeouts and retries.
 
-use crate::Config;
+use crate::error::{cause, describe};
+use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::{
     operation::send_email::SendEmailError,
@@ -9,18 +11,50 @@ use aws_sdk_sesv2::{
         Message, MessageTag, SubscriptionStatus, TopicFilter,
     },
 };
-use newsletter::{
-    audience::{Contact, Subscription, TopicDefaults},
-    aws_error::describe,
-    deliver::{Mailer, SendError},
-    directory::{ContactDirectory, ContactPage, DirectoryError},
-    domain::{EmailAddress, Topic},
-    render::RenderedEmail,
-    tasks::PauseCode,
-};
+use newsletter::audience::{Contact, Subscription, TopicDefaults};
+use newsletter::domain::{EmailAddress, PauseCode, Topic};
+use newsletter::ports::{ContactDirectory, ContactPage, DirectoryError, Mailer, SendError};
+use newsletter::render::RenderedEmail;
+use std::time::Duration;
 
 /// Contacts per `ListContacts` page: the API's maximum, so a million contacts take 1,000 calls.
 const PAGE_SIZE: i32 = 1000;
+
+/// The client [`SesContactList`] reads with. The contact-list APIs have low per-account request
+/// rates: when several plans run at once, back off and retry inside the SDK rather than fail the
+/// job message. Planning comes first in an invocation, so these calls may take longer than the
+/// store's and the sends'.
+pub fn contact_list_client(aws: &SdkConfig) -> aws_sdk_sesv2::Client {
+    aws_sdk_sesv2::Client::from_conf(
+        aws_sdk_sesv2::config::Builder::from(aws)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(20))
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(6)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .build(),
+    )
+}
+
+/// The client [`SesMailer`] sends with: no SDK retries. Sends are retried by the core's
+/// `Sender`, which slows down on throttling, holds the chunk's lease meanwhile and never starts a
+/// send past its budget; SDK retries would resend behind its back, at the old rate and past the
+/// deadline.
+pub fn sending_client(aws: &SdkConfig) -> aws_sdk_sesv2::Client {
+    aws_sdk_sesv2::Client::from_conf(
+        aws_sdk_sesv2::config::Builder::from(aws)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    )
+}
 
 pub struct SesContactList {
     client: aws_sdk_sesv2::Client,
@@ -45,10 +79,10 @@ fn subscription(status: Option<&SubscriptionStatus>) -> Subscription {
 
 fn directory_error<E, R>(err: SdkError<E, R>) -> DirectoryError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    DirectoryError(describe(&err))
+    DirectoryError(cause(err))
 }
 
 impl ContactDirectory for SesContactList {
@@ -131,12 +165,19 @@ pub struct SesMailer {
 }
 
 impl SesMailer {
-    pub fn new(client: aws_sdk_sesv2::Client, config: &Config) -> Self {
+    /// Sends from `from_address` (a verified identity), with the unsubscribe options of
+    /// `contact_list_name`, through `configuration_set_name` if one is given.
+    pub fn new(
+        client: aws_sdk_sesv2::Client,
+        from_address: impl Into<String>,
+        contact_list_name: impl Into<String>,
+        configuration_set_name: Option<String>,
+    ) -> Self {
         Self {
             client,
-            from_address: config.from_address.clone(),
-            contact_list_name: config.contact_list_name.clone(),
-            configuration_set_name: config.configuration_set_name.clone(),
+            from_address: from_address.into(),
+            contact_list_name: contact_list_name.into(),
+            configuration_set_name,
         }
     }
 }

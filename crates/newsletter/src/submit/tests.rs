@@ -3,11 +3,11 @@
 
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
-use crate::deliver::{SendPolicy, Sender};
-use crate::directory::ContactPage;
-use crate::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingMailer};
-use crate::tasks::TaskStatus;
-use crate::work::{QueueRecord, Worker};
+use crate::dispatch::{Dispatcher, QueueRecord};
+use crate::domain::TaskStatus;
+use crate::ports::ContactPage;
+use crate::sending::{SendPolicy, Sender};
+use crate::testing::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingMailer};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ impl MessageQueue for Sqs {
     }
 }
 
-type TestWorker = Worker<Sqs, PagedDirectory, RecordingMailer, MemoryStore>;
+type TestWorker = Dispatcher<Sqs, PagedDirectory, RecordingMailer, MemoryStore>;
 
 struct System {
     sqs: Sqs,
@@ -61,7 +61,7 @@ impl System {
             emails_per_second: 100_000.0,
             max_in_flight: 8,
         };
-        let worker = Worker::new(
+        let worker = Dispatcher::new(
             sqs.clone(),
             directory,
             Sender::new(RecordingMailer::default(), policy),

@@ -7,12 +7,12 @@
 //! AWS endpoint. An endpoint that is not AWS's (a local HTTPS server, a TLS-inspecting proxy)
 //! is trusted through `AWS_CA_BUNDLE`, the variable the AWS CLI and other SDKs read for this.
 
-use crate::config::{self, ConfigError};
 use aws_config::environment::{
     EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
 };
 use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use newsletter::config::{self, ConfigError};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 const AMAZON_ROOTS: &str = include_str!("amazon-roots.pem");

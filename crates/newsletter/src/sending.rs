@@ -2,10 +2,12 @@
 //! concurrently, under the account's send rate, starting nothing that cannot finish (and be
 //! recorded) before the invocation's deadline, and recording who was sent what in small groups.
 
-use crate::domain::{EmailAddress, RecipientRefs, Topic};
+use crate::domain::{PauseCode, RecipientRefs, Topic};
 use crate::message::{Delivery, Recipient};
+use crate::ports::{
+    ChunkProgress, ChunkStore, Holder, Lease, Mailer, SendError, Settled, StoreError,
+};
 use crate::render::{RenderedEmail, render};
-use crate::tasks::{ChunkProgress, ChunkStore, Holder, Lease, PauseCode, Settled, StoreError};
 use futures::future::OptionFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pace::AdaptiveRate;
@@ -127,34 +129,6 @@ where
     }
 }
 
-/// Why one email was not sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The service refused this email for good (e.g. a rejected address): do not retry.
-    #[error("rejected: {0}")]
-    Permanent(String),
-    /// The account's send rate is exceeded: slow down and send again.
-    #[error("throttled: {0}")]
-    Throttled(String),
-    /// Timed out, a server error: worth another try later.
-    #[error("not sent, retryable: {0}")]
-    Transient(String),
-    /// SES refuses every email of the account, whoever it is to: nobody is to blame, and
-    /// nothing sends until the cause is fixed.
-    #[error("refused account-wide: {}", .0.as_str())]
-    AccountWide(PauseCode),
-}
-
-/// Sends one email. `topic` names the list topic the email is for, when there is exactly one.
-pub trait Mailer: Send + Sync {
-    fn send(
-        &self,
-        to: &EmailAddress,
-        email: &RenderedEmail,
-        topic: Option<&Topic>,
-    ) -> impl Future<Output = Result<(), SendError>> + Send;
-}
-
 /// How fast one worker instance may send.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SendPolicy {
@@ -181,7 +155,7 @@ impl SendPolicy {
 
 /// What one chunk's invocation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DeliveryReport {
+pub struct SendReport {
     pub sent: usize,
     pub rejected: usize,
     /// Recipients an earlier attempt had settled: skipped, not sent again.
@@ -196,7 +170,7 @@ pub struct DeliveryReport {
     pub refused_account_wide: usize,
 }
 
-impl DeliveryReport {
+impl SendReport {
     /// Nothing was settled although sends were tried and failed: retrying at once would only
     /// fail again, so the message is left to SQS's retries (and, in the end, its DLQ).
     pub fn stalled(&self) -> bool {
@@ -207,16 +181,16 @@ impl DeliveryReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkOutcome {
     /// Every recipient is settled and counted on the task.
-    Finished(DeliveryReport),
+    Finished(SendReport),
     /// Recipients are left (`report.unsent`); the lease is given up, so another invocation can
     /// go on at once.
-    Unfinished(DeliveryReport),
+    Unfinished(SendReport),
     /// Another invocation holds a live lease on the chunk: nothing was sent. The message must
     /// come back later (if the holder died, it may be the only copy of the chunk's message).
     Busy,
     /// SES refused [`ACCOUNT_FAILURES_TO_PAUSE`] sends in a row account-wide: the chunk stopped
     /// (what was settled is recorded, the lease given up) and its task should pause.
-    Refused(DeliveryReport, PauseCode),
+    Refused(SendReport, PauseCode),
 }
 
 pub struct Sender<M> {
@@ -288,11 +262,12 @@ impl<M: Mailer> Sender<M> {
     }
 
     /// Emails per second this sender allows itself now (lower than its policy after throttling).
-    pub fn current_rate(&self) -> f64 {
+    pub(crate) fn current_rate(&self) -> f64 {
         self.rate.current()
     }
 
-    pub fn mailer(&self) -> &M {
+    #[cfg(test)]
+    pub(crate) fn mailer(&self) -> &M {
         &self.mailer
     }
 
@@ -322,17 +297,17 @@ impl<M: Mailer> Sender<M> {
         let progress = match lease {
             Lease::Busy => return Ok(ChunkOutcome::Busy),
             Lease::Finished => {
-                return Ok(ChunkOutcome::Finished(DeliveryReport {
+                return Ok(ChunkOutcome::Finished(SendReport {
                     already_settled: size,
-                    ..DeliveryReport::default()
+                    ..SendReport::default()
                 }));
             }
             Lease::Held(progress) => progress,
         };
         let mut pending: VecDeque<u16> = (0..size as u16).filter(|p| progress.owes(*p)).collect();
-        let mut report = DeliveryReport {
+        let mut report = SendReport {
             already_settled: size - pending.len(),
-            ..DeliveryReport::default()
+            ..SendReport::default()
         };
         // A chunk owing fewer recipients than the threshold pauses when all of them are refused.
         let refusals_to_stop = ACCOUNT_FAILURES_TO_PAUSE.min(pending.len()).max(1);

@@ -4,19 +4,19 @@
 //! [`MemoryStore`] to what the DynamoDB store does there.
 
 use crate::audience::TopicDefaults;
-use crate::deliver::{Mailer, SendError};
-use crate::directory::{ContactDirectory, ContactPage, DirectoryError};
-use crate::domain::TaskId;
-use crate::domain::{EmailAddress, Topic};
+use crate::domain::{
+    EmailAddress, FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskRecord,
+    TaskStatus, Topic,
+};
 use crate::message::Message;
 use crate::planning::PagePlan;
-use crate::queue::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
-use crate::render::RenderedEmail;
-use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
-    StoreError, TaskRecord, TaskStatus, TaskStore, Withdrawal,
+use crate::ports::{
+    Accounting, ChunkProgress, ChunkStore, ContactDirectory, ContactPage, DeadLetter,
+    DeadLetterQueue, DirectoryError, Holder, IdempotencyStore, Lease, Mailer, MessageQueue,
+    PageState, PauseStore, PlanStore, QueueError, Reservation, SendError, Settled, StoreError,
+    TaskStore, Withdrawal,
 };
+use crate::render::RenderedEmail;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -164,7 +164,7 @@ impl ContactDirectory for PagedDirectory {
             Some(token) => token
                 .strip_prefix("page-")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| DirectoryError(format!("bad token {token}")))?,
+                .ok_or_else(|| DirectoryError(format!("bad token {token}").into()))?,
         };
         let mut page = self.pages.get(index).cloned().unwrap_or_default();
         page.next_token = (index + 1 < self.pages.len()).then(|| format!("page-{}", index + 1));
@@ -173,9 +173,14 @@ impl ContactDirectory for PagedDirectory {
 }
 
 /// Records every email sent; answers with the scripted failure for an address, if any, and
-/// gives the first sends (to whomever) the errors queued in `first_answers`.
+/// gives the first sends (to whomever) the errors queued in `first_answers`. Clones share what
+/// they record, as [`MemoryStore`]'s share records: a test keeps one while the sender holds another.
+#[derive(Debug, Default, Clone)]
+pub struct RecordingMailer(Arc<MailLog>);
+
+/// What a [`RecordingMailer`] saw and how it answers.
 #[derive(Debug, Default)]
-pub struct RecordingMailer {
+pub struct MailLog {
     pub sent: Mutex<Vec<(EmailAddress, RenderedEmail, Option<Topic>)>>,
     pub failures: HashMap<String, SendError>,
     pub first_answers: Mutex<VecDeque<SendError>>,
@@ -187,28 +192,35 @@ pub struct RecordingMailer {
     refusal: Mutex<Option<(usize, PauseCode)>>,
 }
 
+impl std::ops::Deref for RecordingMailer {
+    type Target = MailLog;
+    fn deref(&self) -> &MailLog {
+        &self.0
+    }
+}
+
 impl RecordingMailer {
     pub fn failing(failures: impl IntoIterator<Item = (String, SendError)>) -> Self {
-        Self {
+        Self(Arc::new(MailLog {
             failures: failures.into_iter().collect(),
-            ..Self::default()
-        }
+            ..MailLog::default()
+        }))
     }
 
     pub fn answering_first(errors: impl IntoIterator<Item = SendError>) -> Self {
-        Self {
+        Self(Arc::new(MailLog {
             first_answers: Mutex::new(errors.into_iter().collect()),
-            ..Self::default()
-        }
+            ..MailLog::default()
+        }))
     }
 
     /// Accepts `accepted` emails, then refuses every send account-wide with `code` (an
     /// unverified sender, a suspended account...) until [`Self::stop_refusing`].
     pub fn refusing_after(accepted: usize, code: PauseCode) -> Self {
-        Self {
+        Self(Arc::new(MailLog {
             refusal: Mutex::new(Some((accepted, code))),
-            ..Self::default()
-        }
+            ..MailLog::default()
+        }))
     }
 
     /// The account is fixed.
@@ -385,7 +397,7 @@ impl Records {
     fn task(&mut self, task_id: TaskId) -> Result<&mut StoredTask, StoreError> {
         self.tasks
             .get_mut(&task_id)
-            .ok_or_else(|| StoreError(format!("no task {task_id}")))
+            .ok_or_else(|| StoreError(format!("no task {task_id}").into()))
     }
 }
 
@@ -587,9 +599,9 @@ impl PlanStore for MemoryStore {
         }
         let task = records.task(task_id)?;
         if task.record.status == TaskStatus::Withdrawn {
-            return Err(StoreError(format!(
-                "task {task_id} is withdrawn: its pages are not planned"
-            )));
+            return Err(StoreError(
+                format!("task {task_id} is withdrawn: its pages are not planned").into(),
+            ));
         }
         let counts = &mut task.record.recipients;
         counts.planned += plan.contacts;
@@ -801,15 +813,15 @@ impl<S> FaultyStore<S> {
     ) -> Result<T, StoreError> {
         match self.fault(operation) {
             None => call.await,
-            Some(Fault::Fail) => Err(StoreError(format!(
-                "{operation}: TransactionCanceledException: TransactionConflict"
-            ))),
+            Some(Fault::Fail) => Err(StoreError(
+                format!("{operation}: TransactionCanceledException: TransactionConflict").into(),
+            )),
             Some(Fault::Stall) => std::future::pending().await,
             Some(Fault::LoseAnswer) => {
                 call.await?;
-                Err(StoreError(format!(
-                    "{operation}: timed out; the write may have been applied"
-                )))
+                Err(StoreError(
+                    format!("{operation}: timed out; the write may have been applied").into(),
+                ))
             }
         }
     }

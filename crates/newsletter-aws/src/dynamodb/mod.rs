@@ -13,24 +13,29 @@
 //! chunks in `parked`): planning goes on writing `status` while sending is paused.
 //!
 //! Write cost per email (on-demand, items under 1 KB): a chunk of 50 takes one lease write, a
-//! record write per [`crate::deliver::SETTLE_GROUP`] settled recipients, and one two-item
+//! record write per [`newsletter::sending::SETTLE_GROUP`] settled recipients, and one two-item
 //! transaction when done (4 units); only that transaction touches the task item.
 
-use crate::aws_error::describe;
-use crate::domain::{EmailAddress, TaskId, Topic};
-use crate::message::Recipient;
-use crate::planning::PagePlan;
-use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, FailureCode, Holder, IdempotencyStore, Lease, PageState,
-    PartFailure, Pause, PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled,
-    StoreError, TaskRecord, TaskStatus, TaskStore, Withdrawal, epoch_millis, epoch_seconds,
-};
+use crate::error::cause;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
     Update,
+};
+use newsletter::domain::{
+    EmailAddress, FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskRecord,
+    TaskStatus, Topic,
+};
+use newsletter::message::Recipient;
+use newsletter::planning::PagePlan;
+use newsletter::ports::{
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PauseStore,
+    PlanStore, Reservation, Settled, StoreError, TaskStore, Withdrawal, epoch_millis,
+    epoch_seconds,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -147,14 +152,14 @@ fn expires_in(lifetime: Duration) -> AttributeValue {
 
 fn store_error<E, R>(err: SdkError<E, R>) -> StoreError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    StoreError(describe(&err))
+    StoreError(cause(err))
 }
 
 fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError(err.to_string())
+    StoreError(Box::new(err))
 }
 
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -184,7 +189,7 @@ fn position_set(item: &Item, name: &str) -> BTreeSet<u16> {
 fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
     let status = text(item, "status")
         .and_then(TaskStatus::parse)
-        .ok_or_else(|| StoreError(format!("task {task_id} has no valid status")))?;
+        .ok_or_else(|| StoreError(format!("task {task_id} has no valid status").into()))?;
     let pause = text(item, "pause_code")
         .and_then(PauseCode::parse)
         .map(|code| Pause {
@@ -238,10 +243,9 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, StoreError> {
 }
 
 /// Whether a conditional `UpdateItem` took effect: `false` when its condition did not hold.
-fn applied<T, R: std::fmt::Debug>(
+fn applied<T, R: std::fmt::Debug + Send + Sync + 'static>(
     result: Result<T, SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>>,
 ) -> Result<bool, StoreError> {
-    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
     match result {
         Ok(_) => Ok(true),
         Err(err)
@@ -354,18 +358,21 @@ fn encode_plan(plan: &PagePlan) -> Result<String, StoreError> {
         next_token: plan.next_token.clone(),
         unmatched_topics: plan.unmatched_topics.clone(),
     };
-    serde_json::to_string(&stored).map_err(|err| StoreError(err.to_string()))
+    serde_json::to_string(&stored).map_err(|err| StoreError(err.to_string().into()))
 }
 
 fn decode_plan(page: u32, raw: &str) -> Result<PagePlan, StoreError> {
-    let stored: StoredPlan = serde_json::from_str(raw)
-        .map_err(|err| StoreError(format!("stored plan of page {page} is unreadable: {err}")))?;
+    let stored: StoredPlan = serde_json::from_str(raw).map_err(|err| {
+        StoreError(format!("stored plan of page {page} is unreadable: {err}").into())
+    })?;
     let topic = |index: &u8| {
         stored
             .topics
             .get(usize::from(*index))
             .cloned()
-            .ok_or_else(|| StoreError(format!("stored plan of page {page} names no topic {index}")))
+            .ok_or_else(|| {
+                StoreError(format!("stored plan of page {page} names no topic {index}").into())
+            })
     };
     let chunks = stored
         .chunks
@@ -395,7 +402,6 @@ fn decode_plan(page: u32, raw: &str) -> Result<PagePlan, StoreError> {
 
 impl TaskStore for DynamoStore {
     async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let now = now_rfc3339();
         let result = self
             .client
@@ -466,7 +472,6 @@ impl TaskStore for DynamoStore {
     }
 
     async fn finish(&self, task_id: TaskId, status: TaskStatus) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         // Who made the move: an SDK retry after a lost answer sends the same token, fails the
         // condition its first try made false, and recognises its own move by it.
         let mover = uuid::Uuid::now_v7().to_string();
@@ -498,7 +503,6 @@ impl TaskStore for DynamoStore {
         }
     }
     async fn withdraw(&self, task_id: TaskId) -> Result<Withdrawal, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -538,7 +542,6 @@ impl IdempotencyStore for DynamoStore {
         task_id: TaskId,
         running_until: SystemTime,
     ) -> Result<Reservation, StoreError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let result = self
             .client
             .put_item()
@@ -565,10 +568,9 @@ impl IdempotencyStore for DynamoStore {
                             task_id: holder, ..
                         }) if holder == task_id => Ok(Reservation::New),
                         Some(existing) => Ok(existing),
-                        None => self
-                            .lookup(key)
-                            .await?
-                            .ok_or_else(|| StoreError(format!("idempotency key {key} vanished"))),
+                        None => self.lookup(key).await?.ok_or_else(|| {
+                            StoreError(format!("idempotency key {key} vanished").into())
+                        }),
                     }
                 }
                 _ => Err(store_error(err)),
@@ -608,7 +610,6 @@ impl IdempotencyStore for DynamoStore {
         task_id: TaskId,
         running_until: SystemTime,
     ) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -653,16 +654,14 @@ impl PlanStore for DynamoStore {
         if flag(&marker, "enqueued") {
             return Ok(PageState::Enqueued);
         }
-        let plan = self
-            .read(plan_key(task_id, page))
-            .await?
-            .ok_or_else(|| StoreError(format!("page {page} is counted but has no stored plan")))?;
+        let plan = self.read(plan_key(task_id, page)).await?.ok_or_else(|| {
+            StoreError(format!("page {page} is counted but has no stored plan").into())
+        })?;
         let raw = text(&plan, "plan").unwrap_or_default();
         Ok(PageState::Planned(decode_plan(page, raw)?))
     }
 
     async fn record_page(&self, task_id: TaskId, plan: PagePlan) -> Result<PagePlan, StoreError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         // The plan first, on its own item (it can be 100s of KB; the marker below stays small,
         // so the transaction and later marker writes cost a unit or two each). The first plan
         // stored wins: a retry that read a changed contact list uses the stored one.
@@ -688,7 +687,7 @@ impl PlanStore for DynamoStore {
                     .read(plan_key(task_id, plan.page))
                     .await?
                     .ok_or_else(|| {
-                        StoreError(format!("the plan of page {} vanished", plan.page))
+                        StoreError(format!("the plan of page {} vanished", plan.page).into())
                     })?;
                 decode_plan(plan.page, text(&item, "plan").unwrap_or_default())?
             }
@@ -754,9 +753,12 @@ impl PlanStore for DynamoStore {
             Ok(()) => Ok(plan),
             // Counted by an earlier attempt (whose answer may have been lost).
             Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => Ok(plan),
-            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
-                "task {task_id} has no status record or is withdrawn: its pages are not counted"
-            ))),
+            Err(TransactError::Conditions(_)) => Err(StoreError(
+                format!(
+                    "task {task_id} has no status record or is withdrawn: its pages are not counted"
+                )
+                .into(),
+            )),
             Err(TransactError::Store(err)) => Err(err),
         }
     }
@@ -840,7 +842,6 @@ impl DynamoStore {
         settled: &Settled,
         rest: &str,
     ) -> Result<(), StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let expression = SettleExpression::new(settled);
         let update = expression.expression(rest);
         if update.trim().is_empty() {
@@ -865,9 +866,9 @@ impl DynamoStore {
                     Some(UpdateItemError::ConditionalCheckFailedException(_))
                 ) =>
             {
-                Err(StoreError(format!(
-                    "the lease on chunk {chunk_id} was lost"
-                )))
+                Err(StoreError(
+                    format!("the lease on chunk {chunk_id} was lost").into(),
+                ))
             }
             Err(err) => Err(store_error(err)),
         }
@@ -882,7 +883,6 @@ impl ChunkStore for DynamoStore {
         size: usize,
         holder: &Holder,
     ) -> Result<Lease, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let result = self
             .client
             .update_item()
@@ -1042,14 +1042,15 @@ impl ChunkStore for DynamoStore {
                 if closed {
                     Ok(())
                 } else {
-                    Err(StoreError(format!(
-                        "the lease on chunk {chunk_id} was lost"
-                    )))
+                    Err(StoreError(
+                        format!("the lease on chunk {chunk_id} was lost").into(),
+                    ))
                 }
             }
-            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
-                "no status record for task {task_id}: chunk {chunk_id} cannot be counted"
-            ))),
+            Err(TransactError::Conditions(_)) => Err(StoreError(
+                format!("no status record for task {task_id}: chunk {chunk_id} cannot be counted")
+                    .into(),
+            )),
             Err(TransactError::Store(err)) => Err(err),
         }
     }
@@ -1135,9 +1136,10 @@ impl ChunkStore for DynamoStore {
             Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => {
                 Ok(Accounting::Held)
             }
-            Err(TransactError::Conditions(_)) => Err(StoreError(format!(
-                "no status record for task {task_id}: chunk {chunk_id} cannot be counted"
-            ))),
+            Err(TransactError::Conditions(_)) => Err(StoreError(
+                format!("no status record for task {task_id}: chunk {chunk_id} cannot be counted")
+                    .into(),
+            )),
             Err(TransactError::Store(err)) => Err(err),
         }
     }
@@ -1230,9 +1232,9 @@ impl PauseStore for DynamoStore {
             match item.as_ref().and_then(|item| text(item, "message")) {
                 Some(message) => parked.push((chunk_id, message.to_owned())),
                 None => {
-                    return Err(StoreError(format!(
-                        "parked chunk {chunk_id} of task {task_id} has no message"
-                    )));
+                    return Err(StoreError(
+                        format!("parked chunk {chunk_id} of task {task_id} has no message").into(),
+                    ));
                 }
             }
         }

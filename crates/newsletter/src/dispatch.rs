@@ -3,16 +3,14 @@
 //! it accounts for the messages that reached the dead-letter queue.
 
 use crate::audience::Audience;
-use crate::deliver::{Budget, ChunkOutcome, DeliveryReport, Mailer, Sender};
-use crate::directory::{ContactDirectory, DirectoryError};
-use crate::domain::TaskId;
+use crate::domain::{PartFailure, PauseCode, TaskId, TaskStatus};
 use crate::message::{DecodeError, Delivery, Job, Message};
 use crate::planning::{PagePlan, plan_page};
-use crate::queue::{DeadLetterQueue, MessageQueue, QueueError};
-use crate::tasks::{
-    Accounting, ChunkStore, Holder, PageState, PartFailure, PauseCode, PauseStore, PlanStore,
-    StoreError, TaskStatus, TaskStore,
+use crate::ports::{
+    Accounting, ChunkStore, ContactDirectory, DeadLetterQueue, DirectoryError, Holder, Mailer,
+    MessageQueue, PageState, PauseStore, PlanStore, QueueError, StoreError, TaskStore,
 };
+use crate::sending::{Budget, ChunkOutcome, SendReport, Sender};
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
@@ -63,7 +61,7 @@ pub struct SweepReport {
     pub deferred: usize,
 }
 
-pub struct Worker<Q, D, M, S> {
+pub struct Dispatcher<Q, D, M, S> {
     queue: Q,
     directory: D,
     sender: Sender<M>,
@@ -71,7 +69,7 @@ pub struct Worker<Q, D, M, S> {
     max_recipients_per_chunk: usize,
 }
 
-impl<Q, D, M, S> Worker<Q, D, M, S>
+impl<Q, D, M, S> Dispatcher<Q, D, M, S>
 where
     Q: MessageQueue,
     D: ContactDirectory,
@@ -96,7 +94,8 @@ where
         }
     }
 
-    pub fn sender(&self) -> &Sender<M> {
+    #[cfg(test)]
+    pub(crate) fn sender(&self) -> &Sender<M> {
         &self.sender
     }
 
@@ -289,7 +288,7 @@ where
             .sender
             .deliver(delivery, &self.store, holder, budget)
             .await?;
-        let log = |report: &DeliveryReport, finished: bool| {
+        let log = |report: &SendReport, finished: bool| {
             tracing::info!(
                 chunk = %delivery.chunk_id,
                 attempt = delivery.attempt,

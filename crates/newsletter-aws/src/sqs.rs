@@ -1,46 +1,11 @@
 //! The jobs queue as the domain sees it, and its SQS implementation.
 
-use crate::aws_error::describe;
-use crate::message::Message;
-use crate::planning::{MAX_MESSAGE_BYTES, pack};
+use crate::error::cause;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, SendMessageBatchRequestEntry};
-use std::future::Future;
+use newsletter::message::Message;
+use newsletter::planning::{MAX_MESSAGE_BYTES, pack};
+use newsletter::ports::{DeadLetter, DeadLetterQueue, MessageQueue, QueueError};
 use std::time::Duration;
-
-/// Where work goes to be done later. Sending returns only once the queue has stored the messages.
-pub trait MessageQueue: Send + Sync {
-    fn send(&self, message: &Message) -> impl Future<Output = Result<(), QueueError>> + Send;
-
-    /// Sends all `messages`; an error means some may not have been stored.
-    fn send_all(&self, messages: &[Message])
-    -> impl Future<Output = Result<(), QueueError>> + Send;
-}
-
-/// A message waiting in the dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Identifies this receive of the message, to hand it back.
-    pub receipt: String,
-    pub body: String,
-}
-
-/// The dead-letter queue, read without taking anything out of it: every message stays there
-/// for an operator's redrive (`StartMessageMoveTask`) or until its retention ends.
-pub trait DeadLetterQueue: Send + Sync {
-    /// Up to 10 messages, hidden from other readers for `hidden_for`.
-    fn receive(
-        &self,
-        hidden_for: Duration,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
-    /// Makes received messages visible again at once.
-    fn put_back(&self, receipts: &[String]) -> impl Future<Output = Result<(), QueueError>> + Send;
-}
-
-/// The queue did not confirm it stored the message: unreachable, throttled, or access denied.
-/// The text is the SDK's error chain, which names the cause but never a message body.
-#[derive(Debug, thiserror::Error)]
-#[error("the jobs queue did not accept the message: {0}")]
-pub struct QueueError(pub String);
 
 /// The jobs queue on Amazon SQS.
 #[derive(Debug, Clone)]
@@ -74,7 +39,7 @@ impl SqsQueue {
                         .id(id.to_string())
                         .message_body(body)
                         .build()
-                        .map_err(|err| QueueError(err.to_string()))
+                        .map_err(|err| QueueError(err.to_string().into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let output = self
@@ -84,7 +49,7 @@ impl SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|err| QueueError(describe(&err)))?;
+                .map_err(|err| QueueError(cause(err)))?;
             let failed_ids: Vec<String> =
                 output.failed.iter().map(|entry| entry.id.clone()).collect();
             if let Some(entry) = output.failed.first() {
@@ -96,10 +61,13 @@ impl SqsQueue {
                 return Ok(());
             }
         }
-        Err(QueueError(format!(
-            "{} message(s) still refused after {BATCH_ATTEMPTS} attempts ({last_failure})",
-            pending.len()
-        )))
+        Err(QueueError(
+            format!(
+                "{} message(s) still refused after {BATCH_ATTEMPTS} attempts ({last_failure})",
+                pending.len()
+            )
+            .into(),
+        ))
     }
 }
 
@@ -117,7 +85,7 @@ impl MessageQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| QueueError(describe(&err)))
+            .map_err(|err| QueueError(cause(err)))
     }
 
     async fn send_all(&self, messages: &[Message]) -> Result<(), QueueError> {
@@ -139,7 +107,7 @@ impl DeadLetterQueue for SqsQueue {
             .visibility_timeout(hidden_for.as_secs().clamp(1, 12 * 3600) as i32)
             .send()
             .await
-            .map_err(|err| QueueError(describe(&err)))?;
+            .map_err(|err| QueueError(cause(err)))?;
         Ok(output
             .messages
             .unwrap_or_default()
@@ -164,7 +132,7 @@ impl DeadLetterQueue for SqsQueue {
                         .receipt_handle(receipt)
                         .visibility_timeout(0)
                         .build()
-                        .map_err(|err| QueueError(err.to_string()))
+                        .map_err(|err| QueueError(err.to_string().into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             self.client
@@ -173,7 +141,7 @@ impl DeadLetterQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|err| QueueError(describe(&err)))?;
+                .map_err(|err| QueueError(cause(err)))?;
         }
         Ok(())
     }

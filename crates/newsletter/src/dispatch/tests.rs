@@ -1,22 +1,23 @@
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
-use crate::deliver::{ACCOUNT_FAILURES_TO_PAUSE, SETTLE_GROUP, SendError, SendPolicy};
-use crate::directory::ContactPage;
-use crate::domain::{EmailAddress, Newsletter, TaskId, Topic};
-use crate::fakes::{
+use crate::domain::{
+    EmailAddress, Newsletter, PauseCode, Recipients, TaskId, TaskRecord, TaskStatus, Topic,
+};
+use crate::message::Recipient;
+use crate::ports::{ContactPage, PauseStore, SendError};
+use crate::render::RenderedEmail;
+use crate::sending::{ACCOUNT_FAILURES_TO_PAUSE, SETTLE_GROUP, SendPolicy};
+use crate::testing::fakes::{
     Fault, FaultyStore, MemoryDeadLetters, MemoryStore, PagedDirectory, RecordingMailer,
     RecordingQueue,
 };
-use crate::message::Recipient;
-use crate::render::RenderedEmail;
-use crate::tasks::{PauseCode, PauseStore, Recipients, TaskRecord, TaskStatus};
 use Subscription::{OptIn, OptOut};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 type TestWorker<S = MemoryStore, M = RecordingMailer> =
-    Worker<RecordingQueue, PagedDirectory, M, S>;
+    Dispatcher<RecordingQueue, PagedDirectory, M, S>;
 
 const FAST: SendPolicy = SendPolicy {
     emails_per_second: 100_000.0,
@@ -81,7 +82,7 @@ fn worker_of<S, M: Mailer>(
 where
     S: TaskStore + PlanStore + ChunkStore + PauseStore,
 {
-    Worker::new(queue, directory, Sender::new(mailer, policy), store, 50)
+    Dispatcher::new(queue, directory, Sender::new(mailer, policy), store, 50)
 }
 
 fn worker_with(
@@ -445,7 +446,7 @@ async fn a_retried_page_uses_its_stored_plan_when_the_list_has_changed() {
         contact("c@x.io", &[]),
         contact("d@x.io", &[]),
     ]]);
-    let worker = Worker {
+    let worker = Dispatcher {
         directory: changed,
         ..worker
     };
@@ -1037,7 +1038,7 @@ async fn a_dead_lettered_delivery_is_accounted_once_and_left_for_a_redrive() {
     assert_eq!(done.failures[0].part, "delivery p0-c0");
 
     // The outage ends; a redrive moves the message back and it is delivered to everyone, once.
-    let healed = Worker {
+    let healed = Dispatcher {
         sender: Sender::new(RecordingMailer::default(), FAST),
         ..worker
     };
@@ -1324,7 +1325,7 @@ async fn a_task_withdrawn_while_its_page_is_read_is_not_planned() {
         store: store.clone(),
         task_id,
     };
-    let worker = Worker::new(
+    let worker = Dispatcher::new(
         RecordingQueue::default(),
         directory,
         Sender::new(RecordingMailer::default(), FAST),

@@ -6,13 +6,12 @@
 //! Each scenario takes a fresh store and panics, naming what broke, if the store breaks the
 //! contract. [`store_contract!`](crate::store_contract) turns them into one test each.
 
-use crate::domain::{EmailAddress, TaskId, Topic};
+use crate::domain::{EmailAddress, PartFailure, PauseCode, Recipients, TaskId, TaskStatus, Topic};
 use crate::message::Recipient;
 use crate::planning::PagePlan;
-use crate::tasks::{
-    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PartFailure,
-    PauseCode, PauseStore, PlanStore, Recipients, Reservation, Settled, TaskStatus, TaskStore,
-    Withdrawal, epoch_millis,
+use crate::ports::{
+    Accounting, ChunkProgress, ChunkStore, Holder, IdempotencyStore, Lease, PageState, PauseStore,
+    PlanStore, Reservation, Settled, TaskStore, Withdrawal, epoch_millis,
 };
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,7 +51,7 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn $scenario() {
                 let store = $make;
-                $crate::contract::$scenario(&store).await;
+                $crate::testing::contract::$scenario(&store).await;
             }
         )*
     };
@@ -126,7 +125,7 @@ async fn counts(store: &impl Store, task_id: TaskId) -> Recipients {
     task(store, task_id).await.recipients
 }
 
-async fn task(store: &impl Store, task_id: TaskId) -> crate::tasks::TaskRecord {
+async fn task(store: &impl Store, task_id: TaskId) -> crate::domain::TaskRecord {
     store
         .get(task_id)
         .await

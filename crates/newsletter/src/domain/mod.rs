@@ -32,6 +32,7 @@ mod newsletter;
 mod recipient_ref;
 mod section;
 mod subject;
+mod task;
 mod task_id;
 mod text;
 mod topic;
@@ -42,6 +43,7 @@ pub use newsletter::{FieldError, MAX_SECTIONS, Newsletter};
 pub use recipient_ref::{RecipientRef, RecipientRefs};
 pub use section::{MarkdownBody, Section, SectionTitle};
 pub use subject::Subject;
+pub use task::{FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskRecord, TaskStatus};
 pub use task_id::TaskId;
 pub use topic::Topic;
 

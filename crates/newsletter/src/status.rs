@@ -1,7 +1,7 @@
 //! Looking a task up by the id a caller holds.
 
-use crate::domain::TaskId;
-use crate::tasks::{StoreError, TaskRecord, TaskStore};
+use crate::domain::{TaskId, TaskRecord};
+use crate::ports::{StoreError, TaskStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {

@@ -3,8 +3,10 @@
 
 use crate::domain::{FieldError, IdempotencyKey, Newsletter, TaskId};
 use crate::message::{Job, Message};
-use crate::queue::{MessageQueue, QueueError};
-use crate::tasks::{IdempotencyStore, Reservation, StoreError, TaskStore, Withdrawal};
+use crate::ports::{
+    Cause, IdempotencyStore, MessageQueue, QueueError, Reservation, StoreError, TaskStore,
+    Withdrawal,
+};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -76,15 +78,11 @@ impl Deadline {
 async fn bounded<T, E>(
     end: Instant,
     call: impl Future<Output = Result<T, E>>,
-    timed_out: fn(String) -> E,
+    timed_out: fn(Cause) -> E,
 ) -> Result<T, E> {
     tokio::time::timeout_at(end, call)
         .await
-        .unwrap_or_else(|_| {
-            Err(timed_out(
-                "no answer before the request's deadline".to_owned(),
-            ))
-        })
+        .unwrap_or_else(|_| Err(timed_out("no answer before the request's deadline".into())))
 }
 
 /// Everything that can stop a newsletter from being accepted.

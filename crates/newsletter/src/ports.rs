@@ -1,0 +1,461 @@
+//! The ports: every capability the use cases need from the outside world, as traits with their
+//! contracts. The adapters in `newsletter-aws` implement them on AWS; `testing::fakes` implements
+//! them in memory for tests, and `testing::contract` holds the scenarios every store must pass.
+//!
+//! A contract here is what every implementation MUST do, whatever it stands on; a use case relies
+//! on nothing else. Errors are the port's own type, carrying the adapter's cause.
+
+use crate::audience::{Contact, TopicDefaults};
+use crate::domain::{EmailAddress, PartFailure, PauseCode, TaskId, TaskRecord, TaskStatus, Topic};
+use crate::message::Message;
+use crate::planning::PagePlan;
+use crate::render::RenderedEmail;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What an adapter failed with, kept whole: its text is what the port's error shows (and logs
+/// carry), and its chain of sources, down to the SDK's, stays walkable through
+/// [`std::error::Error::source`]. A `&str` or `String` converts into one (`.into()`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+// --- the jobs queue --------------------------------------------------------------------------
+
+/// Where work goes to be done later. Sending returns only once the queue has stored the messages.
+pub trait MessageQueue: Send + Sync {
+    fn send(&self, message: &Message) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Sends all `messages`; an error means some may not have been stored.
+    fn send_all(&self, messages: &[Message])
+    -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// A message waiting in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Identifies this receive of the message, to hand it back.
+    pub receipt: String,
+    pub body: String,
+}
+
+/// The dead-letter queue, read without taking anything out of it: every message stays there
+/// for an operator's redrive (`StartMessageMoveTask`) or until its retention ends.
+pub trait DeadLetterQueue: Send + Sync {
+    /// Up to 10 messages, hidden from other readers for `hidden_for`.
+    fn receive(
+        &self,
+        hidden_for: Duration,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+    /// Makes received messages visible again at once.
+    fn put_back(&self, receipts: &[String]) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// The queue did not confirm it stored the message: unreachable, throttled, or access denied.
+/// The cause names what failed (the SDK's error chain) but never a message body.
+#[derive(Debug, thiserror::Error)]
+#[error("the jobs queue did not accept the message: {0}")]
+pub struct QueueError(#[source] pub Cause);
+
+// --- the contact list ------------------------------------------------------------------------
+
+/// One page of contacts and the token of the next page, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactPage {
+    pub contacts: Vec<Contact>,
+    pub next_token: Option<String>,
+}
+
+/// The contact list could not be read: it is missing, access was denied, or the service failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the contact list could not be read: {0}")]
+pub struct DirectoryError(#[source] pub Cause);
+
+pub trait ContactDirectory: Send + Sync {
+    /// Each topic's default subscription status.
+    fn topic_defaults(&self) -> impl Future<Output = Result<TopicDefaults, DirectoryError>> + Send;
+
+    /// The page at `token` (the first page when `None`). `opted_into` is a hint: when set, the
+    /// directory may return only contacts opted into that topic; callers filter again anyway.
+    fn page(
+        &self,
+        token: Option<&str>,
+        opted_into: Option<&Topic>,
+    ) -> impl Future<Output = Result<ContactPage, DirectoryError>> + Send;
+}
+
+// --- sending email ---------------------------------------------------------------------------
+
+/// Why one email was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The service refused this email for good (e.g. a rejected address): do not retry.
+    #[error("rejected: {0}")]
+    Permanent(String),
+    /// The account's send rate is exceeded: slow down and send again.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Timed out, a server error: worth another try later.
+    #[error("not sent, retryable: {0}")]
+    Transient(String),
+    /// SES refuses every email of the account, whoever it is to: nobody is to blame, and
+    /// nothing sends until the cause is fixed.
+    #[error("refused account-wide: {}", .0.as_str())]
+    AccountWide(PauseCode),
+}
+
+/// Sends one email. `topic` names the list topic the email is for, when there is exactly one.
+pub trait Mailer: Send + Sync {
+    fn send(
+        &self,
+        to: &EmailAddress,
+        email: &RenderedEmail,
+        topic: Option<&Topic>,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+// --- the task store --------------------------------------------------------------------------
+
+/// The store could not be read or written, or refused a write whose condition no longer holds
+/// (a lease that another invocation took over).
+#[derive(Debug, thiserror::Error)]
+#[error("the task store failed: {0}")]
+pub struct StoreError(#[source] pub Cause);
+
+/// Task status and counters.
+pub trait TaskStore: Send + Sync {
+    /// Records a new task as accepted. Task ids are fresh for every request, so creating one that
+    /// exists is a retry (an earlier try's answer was lost) and succeeds.
+    fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Option<TaskRecord>, StoreError>> + Send;
+    /// Records a part of the task that ended in the dead-letter queue, under `failure.part`
+    /// (recording the same part again changes nothing). `stops_planning_at`: the part was the
+    /// planning of this page, which never got planned, so planning ends before it.
+    fn record_failure(
+        &self,
+        task_id: TaskId,
+        failure: PartFailure,
+        stops_planning_at: Option<u32>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Moves the task to the final `status` unless it is there already or completed. `true` for
+    /// the one caller that made the move.
+    fn finish(
+        &self,
+        task_id: TaskId,
+        status: TaskStatus,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Withdraws a task whose job accept could not confirm on the queue: one conditional write
+    /// from `accepted` to `withdrawn`, after which the task is never planned (the move from
+    /// `accepted` that [`PlanStore::record_page`] makes is refused on a withdrawn task), so
+    /// nothing of it is delivered. `Withdrawn` also when it was withdrawn already (a retry) or
+    /// has no record (nothing will plan it: the worker refuses jobs of unknown tasks);
+    /// `Started` when the worker has moved it on: its job was queued after all.
+    fn withdraw(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Withdrawal, StoreError>> + Send;
+}
+
+/// The answer to [`TaskStore::withdraw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The task is withdrawn: nothing of it will be delivered.
+    Withdrawn,
+    /// Planning has started: the job is on the queue and the task will be delivered.
+    Started,
+}
+
+/// How a request with an Idempotency-Key relates to earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// First use of the key: the caller goes on to create the task.
+    New,
+    /// The key was used before (within its lifetime) for `task_id`.
+    Existing {
+        task_id: TaskId,
+        fingerprint: String,
+        queued: bool,
+        /// Until when the request that holds the key may still be running (its invocation's
+        /// deadline, plus skew): a reservation still pending after that was left by a request
+        /// that died, and may be recovered ([`IdempotencyStore::take_over`]). `None` on a
+        /// reservation that does not say (recorded before this was): never recovered.
+        running_until: Option<SystemTime>,
+    },
+}
+
+impl Reservation {
+    /// Whether this is a pending reservation whose request can no longer be running at `now`.
+    pub fn abandoned(&self, now: SystemTime) -> bool {
+        matches!(
+            self,
+            Self::Existing {
+                queued: false,
+                running_until: Some(until),
+                ..
+            } if *until < now
+        )
+    }
+}
+
+pub trait IdempotencyStore: Send + Sync {
+    /// Reserves `key` for `task_id` and the request `fingerprint`, by a request that may run
+    /// until `running_until`, unless it is already taken. A key reserved for this same
+    /// `task_id` is a retry (an earlier try's answer was lost): `New`.
+    fn reserve(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
+    /// The reservation's job is on the queue: replays may now answer with its task id.
+    fn mark_queued(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Gives the key up after the job could not be queued, so a retry can use it.
+    fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Moves a pending reservation of `key` from the task `from` (of a request that died; its
+    /// task is withdrawn) to `task_id`, of a request that may run until `running_until`; the
+    /// fingerprint stays. One conditional write: `false` when the key is no longer pending for
+    /// `from` (another request took it over first, or it was released, queued or expired).
+    /// A retry after a lost answer finds the key moved to `task_id`: `true`.
+    fn take_over(
+        &self,
+        key: &str,
+        from: TaskId,
+        task_id: TaskId,
+        running_until: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Where planning of one page stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageState {
+    /// Nothing is recorded: the page is to be read and planned.
+    Unplanned,
+    /// The plan is stored and counted on the task; its messages may not all be queued yet.
+    Planned(PagePlan),
+    /// Every message of the plan is queued.
+    Enqueued,
+}
+
+/// The plan of each page, so that planning is idempotent: a retried step queues the stored plan
+/// again instead of re-reading a contact list that may have changed.
+pub trait PlanStore: Send + Sync {
+    fn page_state(
+        &self,
+        task_id: TaskId,
+        page: u32,
+    ) -> impl Future<Output = Result<PageState, StoreError>> + Send;
+    /// Stores `plan` and adds its counts to the task, atomically and once. If a plan of this page
+    /// is stored already, it is returned (and counted already); otherwise `plan` is returned.
+    /// Recording a page also clears a planning failure of that page, and reopens planning.
+    /// Refused (an error: nothing counted, the page stays unplanned) on a task that has no
+    /// record or is withdrawn ([`TaskStore::withdraw`]).
+    fn record_page(
+        &self,
+        task_id: TaskId,
+        plan: PagePlan,
+    ) -> impl Future<Output = Result<PagePlan, StoreError>> + Send;
+    /// Every message of the page's plan is on the queue.
+    fn mark_page_enqueued(
+        &self,
+        task_id: TaskId,
+        page: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An invocation's right to send a chunk, until it lapses (the invocation's deadline, when
+/// Lambda would have stopped it, plus a clock-skew allowance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Unique per invocation.
+    pub token: String,
+    pub lapses: SystemTime,
+}
+
+/// Positions (in the chunk's recipient list) of the chunk's recipients by state. A position is in
+/// at most one set; one in none is still to be sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkProgress {
+    pub sent: BTreeSet<u16>,
+    pub rejected: BTreeSet<u16>,
+    /// Given up on when the chunk reached the dead-letter queue: sent again after a redrive.
+    pub failed: BTreeSet<u16>,
+    /// What has been counted on the task so far: (sent, failed or rejected).
+    pub counted: (u64, u64),
+}
+
+impl ChunkProgress {
+    /// Whether the recipient at `position` still needs the email (never settled, or failed).
+    pub fn owes(&self, position: u16) -> bool {
+        !self.sent.contains(&position) && !self.rejected.contains(&position)
+    }
+
+    /// What the task's counters should hold for this chunk: (sent, failed or rejected).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.sent.len() as u64,
+            (self.rejected.len() + self.failed.len()) as u64,
+        )
+    }
+
+    /// Applies a settlement made under the lease.
+    pub fn apply(&mut self, settled: &Settled) {
+        for position in &settled.sent {
+            self.failed.remove(position);
+            self.sent.insert(*position);
+        }
+        for position in &settled.rejected {
+            self.failed.remove(position);
+            self.rejected.insert(*position);
+        }
+    }
+}
+
+/// Recipients settled since the last write, by position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// SES accepted their email.
+    pub sent: Vec<u16>,
+    /// SES refused their address for good.
+    pub rejected: Vec<u16>,
+}
+
+impl Settled {
+    pub fn len(&self) -> usize {
+        self.sent.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append(&mut self, other: Settled) {
+        self.sent.extend(other.sent);
+        self.rejected.extend(other.rejected);
+    }
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds the chunk until its lease lapses; this is what is settled so far.
+    Held(ChunkProgress),
+    /// Another invocation holds a live lease on the chunk.
+    Busy,
+    /// Every recipient was sent or rejected, and counted: nothing is left to do.
+    Finished,
+}
+
+/// What a dead-lettered chunk's accounting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accounting {
+    /// Its unsettled recipients are now failed and counted (or were already).
+    Accounted,
+    /// An invocation holds a live lease on it: account it later.
+    Held,
+}
+
+/// Exactly-once delivery, per chunk: one lease per invocation that works on a chunk, one write
+/// per few settled recipients, and one transaction when the chunk is done (the only write to the
+/// task's counters). SES has no idempotency token, so what is in the window between a send and
+/// its settlement may be sent again if the invocation dies.
+pub trait ChunkStore: Send + Sync {
+    /// Leases the chunk (of `size` recipients) to `holder`, unless another holder's lease is
+    /// live. A lease left behind by an invocation that died is taken over once it has lapsed.
+    fn lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        holder: &Holder,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Records `settled` (idempotent: recording it twice is recording it once). Fails, and
+    /// records nothing, if `holder` no longer holds the lease.
+    fn record(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records `settled` and gives the lease up: recipients are left for another invocation.
+    /// Idempotent: a retry after a lost answer succeeds though the lease is gone.
+    fn release_lease(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every recipient is settled: records `settled`, gives the lease up, and adds to the task's
+    /// counters what `progress` (the chunk with `settled` applied) has beyond what they hold for
+    /// it, all at once. Idempotent: after a lost answer, calling it again succeeds and counts
+    /// nothing twice. Clears the chunk's failure record when no failed recipient is left.
+    fn close(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        holder: &Holder,
+        settled: &Settled,
+        progress: &ChunkProgress,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The chunk's message is in the dead-letter queue: every recipient not settled becomes
+    /// failed, is counted, and `failure` is recorded on the task, all at once, unless a live
+    /// lease is held. Idempotent.
+    fn fail_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        failure: PartFailure,
+    ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
+}
+
+/// Pausing a task whose sends SES refuses account-wide, and resuming it where it stopped: the
+/// chunks that arrive while it is paused are parked here (their messages leave the queue, so
+/// they do not burn their receives into the dead-letter queue), and queued again on resume.
+pub trait PauseStore: Send + Sync {
+    /// Pauses a planning or sending task for `code`. `false`, changing nothing, if the task is
+    /// paused already (the first reason stays) or in any other status.
+    fn pause(
+        &self,
+        task_id: TaskId,
+        code: PauseCode,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Keeps the chunk's `message` (its queue message, encoded) while the task is paused. `false`
+    /// if the task is not paused (any more): the caller sends the chunk instead. Parking a chunk
+    /// again replaces its message.
+    fn park(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Moves a paused task back to sending, keeping what is parked. `false` if it was not paused.
+    fn unpause(&self, task_id: TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The parked chunks' messages, by chunk id.
+    fn parked(
+        &self,
+        task_id: TaskId,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    /// Forgets a parked chunk whose message is back on the queue. Idempotent.
+    fn unpark(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Seconds since the epoch.
+pub fn epoch_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Milliseconds since the epoch.
+pub fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
