@@ -33,14 +33,18 @@ template-checks:
 
 ## bench: cold start, memory, accept load, delivery throughput and size on release builds (minutes):
 ## a table on stdout and target/bench/report.json. COLD_BUILD=1 also times a cold build (once, kept).
+# The functions are built on their own, as they ship: built together with the bench, they would
+# get its features (see FUNCTION_PACKAGES in dev/local-stack/src/lambda_host/mod.rs).
 bench: tools
-	cargo build --release --locked -p accept -p worker -p bench
+	cargo build --release --locked -p accept -p worker
+	cargo build --release --locked -p bench
 	cargo bench --locked -p bench --bench accept_request
 	target/release/bench $(if $(COLD_BUILD),--cold-build)
 
 ## bench-smoke: every benchmark run tiny on debug builds, so that none can rot (part of `make test`)
 bench-smoke: tools
-	cargo build --locked -p accept -p worker -p bench
+	cargo build --locked -p accept -p worker
+	cargo build --locked -p bench
 	cargo test --locked -p bench --bench accept_request
 	target/debug/bench --smoke --profile debug
 

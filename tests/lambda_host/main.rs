@@ -5,6 +5,8 @@
 //! The bootstrap is built with cargo (debug; `LAMBDA_HOST_PROFILE=release` for the release
 //! build), or taken from `WORKER_BOOTSTRAP`.
 
+mod shipped_features;
+
 use local_stack::event_source::Trigger;
 use local_stack::lambda_host::{self, FunctionConfig, HostOptions, HostStats, KillPlan, SqsHost};
 use local_stack::ses_endpoint::{Received, SesBehaviour, SesEndpoint};
@@ -22,10 +24,7 @@ fn worker_bootstrap() -> PathBuf {
         return path.into();
     }
     let profile = std::env::var("LAMBDA_HOST_PROFILE").unwrap_or_else(|_| "debug".into());
-    // Features resolved as for `make bench-smoke` (debug) and `make bench` (release), so that
-    // their builds and this one share artifacts.
-    lambda_host::build_bootstrap("worker", &["accept", "worker", "bench"], &profile)
-        .expect("the worker bootstrap builds")
+    lambda_host::build_bootstrap("worker", &profile).expect("the worker bootstrap builds")
 }
 
 /// One delivery of the sample newsletter by the worker bootstrap under the host.
@@ -467,8 +466,7 @@ async fn a_message_dead_lettered_by_kills_is_accounted_on_its_task() {
 async fn the_accept_bootstrap_answers_every_http_event_in_events() {
     let profile = std::env::var("LAMBDA_HOST_PROFILE").unwrap_or_else(|_| "debug".into());
     let bootstrap =
-        lambda_host::build_bootstrap("accept", &["accept", "worker", "bench"], &profile)
-            .expect("the accept bootstrap builds");
+        lambda_host::build_bootstrap("accept", &profile).expect("the accept bootstrap builds");
     let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
     let moto = MotoServer::start(0).expect("local AWS starts");
     let endpoints = Endpoints {

@@ -3,7 +3,16 @@
 //! them in memory for tests, and `testing::contract` holds the scenarios every store must pass.
 //!
 //! A contract here is what every implementation MUST do, whatever it stands on; a use case relies
-//! on nothing else. Errors are the port's own type, carrying the adapter's cause.
+//! on nothing else. Every port:
+//! - MUST be safe to share between concurrent calls (`Send + Sync`, `&self`), and MUST NOT make
+//!   a network call when it is built: the functions build their adapters at init.
+//! - MUST answer an `Err` of the port's own error type, with the adapter's cause kept inside
+//!   ([`Cause`]), for anything it could not do; it MUST NOT panic on what a service answers.
+//! - MUST treat an error as "may or may not have happened" where the method says so: the use
+//!   cases retry, and the methods that write are idempotent or conditional for that reason.
+//!
+//! The store ports' scenarios, run on the in-memory store and on DynamoDB Local, are in
+//! `testing::contract` (feature `testing`).
 
 use crate::audience::{Contact, TopicDefaults};
 use crate::domain::{EmailAddress, PartFailure, PauseCode, TaskId, TaskRecord, TaskStatus, Topic};
@@ -21,7 +30,13 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 // --- the jobs queue --------------------------------------------------------------------------
 
-/// Where work goes to be done later. Sending returns only once the queue has stored the messages.
+/// Where work goes to be done later.
+///
+/// # Contract
+/// - `send` and `send_all` MUST return `Ok` only once the queue has durably stored every message
+///   (accept answers `202` on it). An `Err` means some messages may have been stored and some
+///   not: callers send again, and the worker tolerates duplicates.
+/// - Messages MUST arrive as encoded ([`Message::encode`]), at least once, in any order.
 pub trait MessageQueue: Send + Sync {
     fn send(&self, message: &Message) -> impl Future<Output = Result<(), QueueError>> + Send;
 
@@ -38,8 +53,13 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-/// The dead-letter queue, read without taking anything out of it: every message stays there
-/// for an operator's redrive (`StartMessageMoveTask`) or until its retention ends.
+/// The dead-letter queue, read without taking anything out of it.
+///
+/// # Contract
+/// - Nothing MUST leave the queue through this port: every message stays there for an
+///   operator's redrive (`StartMessageMoveTask`) or until its retention ends.
+/// - `receive` MUST return at most 10 messages and hide them from other readers for
+///   `hidden_for`; `put_back` MUST make the given receipts visible again at once.
 pub trait DeadLetterQueue: Send + Sync {
     /// Up to 10 messages, hidden from other readers for `hidden_for`.
     fn receive(
@@ -70,6 +90,13 @@ pub struct ContactPage {
 #[error("the contact list could not be read: {0}")]
 pub struct DirectoryError(#[source] pub Cause);
 
+/// The contact list, read one page at a time.
+///
+/// # Contract
+/// - `page(None, ..)` MUST return the first page, and following `next_token` MUST visit every
+///   contact of the list once; the last page has no `next_token`.
+/// - The `opted_into` hint MAY be ignored: callers select the recipients themselves.
+/// - `topic_defaults` MUST name every topic of the list with its default subscription.
 pub trait ContactDirectory: Send + Sync {
     /// Each topic's default subscription status.
     fn topic_defaults(&self) -> impl Future<Output = Result<TopicDefaults, DirectoryError>> + Send;
@@ -104,6 +131,15 @@ pub enum SendError {
 }
 
 /// Sends one email. `topic` names the list topic the email is for, when there is exactly one.
+///
+/// # Contract
+/// - `Ok` MUST mean the service accepted the email for delivery.
+/// - An `Err` MUST classify the failure ([`SendError`]): `Permanent` for this address only,
+///   `AccountWide` when no email of the account can go out, `Throttled` to slow down, and
+///   `Transient` for anything else, which the caller retries.
+/// - `send` MUST NOT retry by itself: the caller paces, retries within its deadline and records
+///   who was sent what.
+/// - Error texts MUST NOT carry the recipient's address (logs name recipients by a keyed hash).
 pub trait Mailer: Send + Sync {
     fn send(
         &self,
@@ -122,6 +158,12 @@ pub trait Mailer: Send + Sync {
 pub struct StoreError(#[source] pub Cause);
 
 /// Task status and counters.
+///
+/// # Contract
+/// - A final status ([`TaskStatus::is_finished`]) MUST stay final, and every status change MUST
+///   be one conditional write on the status it changes from.
+/// - Writes MUST be idempotent where the method says so: a retry after a lost answer changes
+///   nothing twice.
 pub trait TaskStore: Send + Sync {
     /// Records a new task as accepted. Task ids are fresh for every request, so creating one that
     /// exists is a retry (an earlier try's answer was lost) and succeeds.
@@ -199,6 +241,13 @@ impl Reservation {
     }
 }
 
+/// The Idempotency-Keys of accept's requests, each for 24 hours from its first use.
+///
+/// # Contract
+/// - Of concurrent `reserve` calls for one new key, exactly one MUST get `New`; the others MUST
+///   get `Existing` with the winner's task id and fingerprint.
+/// - Every state change (`mark_queued`, `release`, `take_over`) MUST be conditional on the state
+///   it changes from, so a late or repeated call cannot undo another request's.
 pub trait IdempotencyStore: Send + Sync {
     /// Reserves `key` for `task_id` and the request `fingerprint`, by a request that may run
     /// until `running_until`, unless it is already taken. A key reserved for this same
@@ -241,6 +290,11 @@ pub enum PageState {
 
 /// The plan of each page, so that planning is idempotent: a retried step queues the stored plan
 /// again instead of re-reading a contact list that may have changed.
+///
+/// # Contract
+/// - The first plan recorded for a page MUST win, and its counts MUST reach the task exactly
+///   once, in the same atomic write.
+/// - A page MUST go only from unplanned to planned to enqueued.
 pub trait PlanStore: Send + Sync {
     fn page_state(
         &self,
@@ -361,6 +415,13 @@ pub enum Accounting {
 /// per few settled recipients, and one transaction when the chunk is done (the only write to the
 /// task's counters). SES has no idempotency token, so what is in the window between a send and
 /// its settlement may be sent again if the invocation dies.
+///
+/// # Contract
+/// - At most one holder MUST hold a live lease on a chunk at any time, also when two
+///   invocations ask at the same instant; a lapsed lease MUST be free to take over.
+/// - A recipient recorded sent or rejected MUST stay so, and MUST be counted on the task exactly
+///   once, however often `record`, `close` or `fail_unsettled` are repeated.
+/// - Writes that need the lease MUST fail, writing nothing, when the caller no longer holds it.
 pub trait ChunkStore: Send + Sync {
     /// Leases the chunk (of `size` recipients) to `holder`, unless another holder's lease is
     /// live. A lease left behind by an invocation that died is taken over once it has lapsed.
@@ -416,6 +477,11 @@ pub trait ChunkStore: Send + Sync {
 /// Pausing a task whose sends SES refuses account-wide, and resuming it where it stopped: the
 /// chunks that arrive while it is paused are parked here (their messages leave the queue, so
 /// they do not burn their receives into the dead-letter queue), and queued again on resume.
+///
+/// # Contract
+/// - A pause MUST NOT hide the task's own status from planning: planning goes on writing it.
+/// - A parked chunk's message MUST be kept until `unpark`, and MUST be returned by `parked`
+///   until then, whatever the task's status.
 pub trait PauseStore: Send + Sync {
     /// Pauses a planning or sending task for `code`. `false`, changing nothing, if the task is
     /// paused already (the first reason stays) or in any other status.
@@ -448,13 +514,15 @@ pub trait PauseStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Seconds since the epoch.
+// --- stored times ----------------------------------------------------------------------------
+
+/// Seconds since the epoch (DynamoDB's TTL attributes, for one).
 pub fn epoch_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
 }
 
-/// Milliseconds since the epoch.
+/// Milliseconds since the epoch: stores MUST keep times to at least the millisecond.
 pub fn epoch_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)

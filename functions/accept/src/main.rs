@@ -21,7 +21,8 @@ async fn main() -> Result<(), Error> {
     );
 
     // Not lambda_http::run: its conversion of the event panics on some events API Gateway sends
-    // (see accept::event); handle_event answers every one. Boxed: with the features the bench
-    // build unifies, the unboxed future nests past rustc's query depth limit computing its layout.
+    // (see accept::event); handle_event answers every one. Boxed: with the features a
+    // workspace-wide build unifies (clippy, the tests), the unboxed future nests past rustc's
+    // query depth limit computing its layout.
     lambda_runtime::run(service_fn(|event| Box::pin(app.handle_event(event)))).await
 }

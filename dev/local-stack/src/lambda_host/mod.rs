@@ -31,17 +31,22 @@ pub fn target_dir(profile: &str) -> PathBuf {
         .join(profile)
 }
 
-/// Builds binary `bin` with cargo (`--release` for the `release` profile) and returns its
-/// path; cheap when it is up to date. cargo unifies features over the packages of one build, so
-/// name in `packages` (the bin's own included) those the run's other builds name: `make
-/// bench-smoke` and `make bench` build `-p accept -p worker -p bench`, and with the same set
-/// this build shares their artifacts instead of compiling the SDK again.
-pub fn build_bootstrap(bin: &str, packages: &[&str], profile: &str) -> anyhow::Result<PathBuf> {
+/// The packages that ship as Lambda functions. Their bootstraps are built with these alone,
+/// never together with the tests or the bench: cargo unifies features over the packages of one
+/// build, and the bench's or the tests' (the core's `testing` feature, tokio's multi-threaded
+/// runtime...) would then be compiled into what is measured. `make bench` and `make
+/// bench-smoke` build the same set, so their builds and this one share artifacts. SAM builds
+/// each function alone; `tests/lambda_host/shipped_features.rs` checks both ways.
+pub const FUNCTION_PACKAGES: [&str; 2] = ["accept", "worker"];
+
+/// Builds binary `bin` of the [`FUNCTION_PACKAGES`] with cargo (`--release` for the `release`
+/// profile) and returns its path; cheap when it is up to date.
+pub fn build_bootstrap(bin: &str, profile: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = std::process::Command::new(cargo);
     command
-        .args(["build", "--quiet", "--bin", bin])
-        .args(packages.iter().flat_map(|package| ["-p", package]))
+        .args(["build", "--quiet", "--locked", "--bin", bin])
+        .args(FUNCTION_PACKAGES.iter().flat_map(|package| ["-p", package]))
         .current_dir(crate::repository_root());
     match profile {
         "debug" => {}
