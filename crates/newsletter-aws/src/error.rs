@@ -43,18 +43,6 @@ where
     })
 }
 
-/// `err` as a port error's cause, `context` (what was being done) first.
-pub fn cause_in<E, R>(context: &str, err: SdkError<E, R>) -> Cause
-where
-    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
-{
-    Box::new(AwsError {
-        description: format!("{context}: {}", describe(&err)),
-        source: Box::new(err),
-    })
-}
-
 /// An SDK error with its description.
 #[derive(Debug)]
 struct AwsError {
