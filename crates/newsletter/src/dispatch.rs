@@ -286,7 +286,7 @@ where
         }
         let outcome = self
             .sender
-            .deliver(delivery, &self.store, holder, budget)
+            .send_chunk(delivery, &self.store, holder, budget)
             .await?;
         let log = |report: &SendReport, finished: bool| {
             tracing::info!(

@@ -281,7 +281,7 @@ impl<M: Mailer> Sender<M> {
     /// while sends go on, and the chunk is closed (counted on its task) or released at the end.
     /// An error means the store failed even after retries: the lease is left to lapse, and
     /// the recipients not recorded (at most the crash window) may be sent again.
-    pub async fn deliver<S: ChunkStore>(
+    pub async fn send_chunk<S: ChunkStore>(
         &self,
         delivery: &Delivery,
         store: &S,
