@@ -61,12 +61,12 @@ pub struct Stack<'a> {
     pub queue_url: &'a str,
     pub dead_letter_queue_url: &'a str,
     pub settings: &'a local_stack::Settings,
+    /// The worker's timeout and batch size as the template deploys them. The queue's visibility
+    /// timeout must stay above the timeout (the template sets 6×): a batch still being sent when
+    /// its messages reappear is sent twice. Under throttling, a shorter timeout leaves the worker
+    /// too little time per batch.
+    pub deployment: &'a crate::deployment::Deployment,
 }
-
-/// The worker's timeout, as `template.yaml` sets it. The queue's visibility timeout must stay
-/// above it (the template sets 6×): a batch still being sent when its messages reappear is sent
-/// twice. Under throttling, a shorter timeout leaves the worker too little time per batch.
-pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Cap on one scenario, so that a stuck run fails instead of hanging.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
@@ -83,7 +83,7 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         recipient_hash_key: worker::SecretKey(local_stack::LOCAL_RECIPIENT_HASH_KEY.into()),
         table_name: stack.settings.table_name.clone(),
         dead_letter_queue_url: stack.dead_letter_queue_url.to_owned(),
-        function_timeout: FUNCTION_TIMEOUT,
+        function_timeout: stack.deployment.timeout,
     };
     let instances = (0..scenario.instances)
         .map(|_| Ok(Instance(worker::build(&config, stack.aws)?)))
@@ -112,7 +112,7 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
     let sqs = aws_sdk_sqs::Client::new(stack.aws);
     // Lambda's poller hands out batches as soon as they are there.
     let trigger = Trigger {
-        batch_size: 10,
+        batch_size: stack.deployment.batch_size,
         batching_window: Duration::ZERO,
         wait_time_seconds: 0,
     };
@@ -179,7 +179,8 @@ struct Instance(SesFunction);
 impl Invoke for Instance {
     async fn invoke(&self, event: SqsEvent) -> anyhow::Result<SqsBatchResponse> {
         let mut context = lambda_runtime::Context::default();
-        let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + FUNCTION_TIMEOUT;
+        // The function's timeout, as the runtime would give it.
+        let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + self.0.time_limit;
         context.deadline = deadline.as_millis() as u64;
         match worker::handle(
             &self.0,

@@ -7,9 +7,11 @@ use local_stack::lambda_host::{Ending, FunctionConfig, Instance};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// No step of a benchmarked function may take longer than this; past it the bench fails. It is
-/// also the invocation deadline handed to the function (the worker plans its sends by it).
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The bench's own cap, not a template value: no function's init may take longer, nor may an
+/// invocation of the floor or of accept (whose template `Timeout` is shorter; it answers in
+/// milliseconds here). The worker's invocations get its template `Timeout` instead
+/// ([`FunctionSpec::timeout`]).
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to start one function.
 #[derive(Debug, Clone)]
@@ -18,6 +20,9 @@ pub struct FunctionSpec {
     pub binary: PathBuf,
     /// The function's own configuration (what the template sets) and the SDK's local endpoint.
     pub env: Vec<(String, String)>,
+    /// Each invocation's deadline is this long after it starts (the worker plans its sends by
+    /// it); past it the function is killed and the bench fails.
+    pub timeout: Duration,
     /// Where its stdout and stderr go (its JSON log lines).
     pub log: PathBuf,
 }
@@ -31,7 +36,7 @@ pub struct Running {
 impl Running {
     pub async fn spawn(spec: &FunctionSpec) -> anyhow::Result<Self> {
         let mut config = FunctionConfig::new(spec.name, &spec.binary, &spec.log)
-            .timeout(STEP_TIMEOUT)
+            .timeout(spec.timeout)
             .env(spec.env.iter().cloned());
         config.init_timeout = STEP_TIMEOUT;
         Ok(Self {

@@ -33,6 +33,8 @@ pub struct Stack<'a> {
     pub endpoints: &'a local_stack::Endpoints,
     /// The tasks table, the sender and the contact list (deliveries do not read it).
     pub settings: &'a local_stack::Settings,
+    /// How the template deploys the worker.
+    pub deployment: &'a crate::deployment::Deployment,
     /// The worker's `bootstrap` (`target/<profile>/worker`).
     pub worker: &'a Path,
     pub logs: &'a Path,
@@ -180,9 +182,13 @@ async fn run_on(
     let stats = host.stop().await;
     drained.with_context(|| format!("see {}", log.display()))?;
 
-    let swept = sweep(&function, stats.instances.len() as u64 + 1)
-        .await
-        .with_context(|| format!("the dead-letter sweep; see {}", log.display()))?;
+    let swept = sweep(
+        &function,
+        stats.instances.len() as u64 + 1,
+        &stack.deployment.sweep_input,
+    )
+    .await
+    .with_context(|| format!("the dead-letter sweep; see {}", log.display()))?;
     let task = store
         .get(planned.task_id)
         .await?
@@ -219,16 +225,16 @@ fn recipients_of(planned: &PlannedTask) -> Vec<String> {
         .collect()
 }
 
-/// What the template's schedule does every 5 minutes: one invocation of a fresh instance with
-/// `{"sweep": "dead-letters"}`, which accounts on their tasks the messages in the DLQ.
-async fn sweep(function: &FunctionConfig, id: u64) -> anyhow::Result<Swept> {
+/// What the template's schedule does every 5 minutes: one invocation of a fresh instance with its
+/// `input` (`{"sweep": "dead-letters"}`), which accounts on their tasks the messages in the DLQ.
+async fn sweep(function: &FunctionConfig, id: u64, input: &str) -> anyhow::Result<Swept> {
     let mut sweeper = Instance::spawn(function, id).await?;
     if let Err(failure) = sweeper.ready().await {
         bail!("the sweeping instance did not start: {failure}");
     }
     let invoked = sweeper
         .invoke(
-            Bytes::from_static(br#"{"sweep": "dead-letters"}"#),
+            Bytes::copy_from_slice(input.as_bytes()),
             std::future::pending(),
         )
         .await;

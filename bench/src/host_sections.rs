@@ -2,6 +2,7 @@
 //! template's ratios (`lambda-host`: without and with kills) and the worker's memory for the
 //! largest newsletter the API accepts (`memory`).
 
+use crate::deployment::Deployment;
 use crate::host::{self, Run, Scenario, Workload};
 use crate::report::{Row, Target};
 use local_stack::event_source::Trigger;
@@ -15,18 +16,24 @@ use std::time::Duration;
 /// The overall rate the "N for" figure extrapolates to: the steady-state target.
 const STEADY_TARGET: f64 = 0.9;
 
-/// The template's defaults (`MaxSendRate` 14, `WorkerMaxConcurrency` 5, `Timeout` 60 s,
-/// `BatchSize` 10, `MaximumBatchingWindowInSeconds` 1, visibility 6 × the timeout) with time
-/// ten times shorter: a 6 s timeout leaves each invocation ~3 s of sending (the budget keeps a
+/// The template's deployment (`WorkerMaxConcurrency` 5, `Timeout` 60 s, `BatchSize` 10,
+/// `MaximumBatchingWindowInSeconds` 1, visibility 6 × the timeout, read from it) with time ten
+/// times shorter and 25/s in place of `MaxSendRate` 14: a 6 s timeout leaves each invocation ~3 s of sending (the budget keeps a
 /// fifth for the last send, a fifth for the last writes and the hand-back, a tenth as margin),
 /// and at 25/s over 5 instances that is 15 emails, so the worker plans chunks of 15 and a batch
 /// of 10 chunks (150 recipients) is far more than one invocation can send, as a batch of 500 is
 /// at the defaults (148 an invocation). The smoke run halves the timeout again.
-fn template_ratios(name: &'static str, smoke: bool, kill_plan: Option<KillPlan>) -> Scenario {
-    let function_timeout = Duration::from_secs(if smoke { 3 } else { 6 });
+fn template_ratios(
+    deployment: &Deployment,
+    name: &'static str,
+    smoke: bool,
+    kill_plan: Option<KillPlan>,
+) -> Scenario {
+    const TIME_SCALE: u32 = 10;
+    let function_timeout = deployment.timeout / if smoke { 2 * TIME_SCALE } else { TIME_SCALE };
     let visibility_timeout = match (smoke, kill_plan) {
-        // The template's rule.
-        (false, _) | (true, None) => function_timeout * 6,
+        // The template's ratio.
+        (false, _) | (true, None) => function_timeout.mul_f64(deployment.visibility_ratio()),
         // Killed batches reappear after the visibility timeout: in the smoke run, soon. Not
         // before the killed chunk's lease lapses (the deadline plus 2 s of clock skew): a copy
         // that finds the lease live is dropped as a duplicate, and with its holder dead the
@@ -38,11 +45,11 @@ fn template_ratios(name: &'static str, smoke: bool, kill_plan: Option<KillPlan>)
         name,
         function_timeout,
         max_send_rate: 25.0,
-        max_concurrency: 5,
+        max_concurrency: deployment.max_concurrency,
         max_in_flight: 16,
         trigger: Trigger {
-            batch_size: 10,
-            batching_window: Duration::from_millis(100),
+            batch_size: deployment.batch_size,
+            batching_window: deployment.batching_window / TIME_SCALE,
             wait_time_seconds: 1,
         },
         visibility_timeout,
@@ -52,7 +59,7 @@ fn template_ratios(name: &'static str, smoke: bool, kill_plan: Option<KillPlan>)
             latency: Duration::from_millis(20),
             max_send_rate: 10_000.0,
         },
-        memory_size_mb: 256,
+        memory_size_mb: deployment.memory_size_mb,
         limit: Duration::from_secs(300),
     }
 }
@@ -103,7 +110,7 @@ fn describe(name: &str, scenario: &Scenario, run: &Run) -> String {
 }
 
 async fn template_ratio_rows(stack: &host::Stack<'_>, smoke: bool) -> anyhow::Result<Figures> {
-    let scenario = template_ratios("template-ratios", smoke, None);
+    let scenario = template_ratios(stack.deployment, "template-ratios", smoke, None);
     let run = host::run(stack, &scenario, fixture_workload(recipients(smoke))?).await?;
     let name = "host ÷10";
     let mut notes = vec![describe(name, &scenario, &run)];
@@ -255,7 +262,7 @@ async fn kill_rows(stack: &host::Stack<'_>, smoke: bool) -> anyhow::Result<Figur
             window: Duration::from_secs(30),
         }
     };
-    let scenario = template_ratios("template-ratios-kills", smoke, Some(plan));
+    let scenario = template_ratios(stack.deployment, "template-ratios-kills", smoke, Some(plan));
     let run = host::run(stack, &scenario, fixture_workload(recipients(smoke))?).await?;
     let name = &format!("host ÷10, {} kills", plan.kills);
     let notes = vec![format!(
@@ -334,24 +341,26 @@ pub async fn memory(stack: &host::Stack<'_>, smoke: bool) -> anyhow::Result<Figu
     } else {
         (10, 10 * MAX_RECIPIENTS_PER_DELIVERY)
     };
+    let deployment = stack.deployment;
+    // The template's function and trigger, one instance at a rate that never holds it back.
     let scenario = |name| Scenario {
         name,
-        function_timeout: Duration::from_secs(60),
+        function_timeout: deployment.timeout,
         max_send_rate: 1000.0,
         max_concurrency: 1,
         max_in_flight: 16,
         trigger: Trigger {
-            batch_size: 10,
-            batching_window: Duration::from_secs(1),
+            batch_size: deployment.batch_size,
+            batching_window: deployment.batching_window,
             wait_time_seconds: 1,
         },
-        visibility_timeout: Duration::from_secs(360),
+        visibility_timeout: deployment.visibility_timeout,
         kill_plan: None,
         ses: SesBehaviour {
             latency: Duration::from_millis(20),
             max_send_rate: 10_000.0,
         },
-        memory_size_mb: 256,
+        memory_size_mb: deployment.memory_size_mb,
         limit: Duration::from_secs(120),
     };
     let small = scenario("memory-small");

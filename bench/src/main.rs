@@ -6,6 +6,7 @@
 mod artifacts;
 mod cold_start;
 mod delivery;
+mod deployment;
 mod events;
 mod function;
 mod host;
@@ -18,10 +19,12 @@ mod worst_case;
 use anyhow::{Context, bail};
 use cold_start::{ColdStart, Plan};
 use delivery::Scenario;
+use deployment::Deployment;
 use events::Invocations;
 use function::FunctionSpec;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
+use local_stack::template::{self, Template};
 use newsletter_aws::dynamodb::DynamoStore;
 use report::{Machine, Report, Row, Target};
 use stats::ms;
@@ -123,11 +126,10 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         dynamodb: dynamodb.endpoint(),
     };
     let aws = local_stack::sdk_config(&endpoints).await;
-    // As the template sets it: 6× the worker's timeout.
-    let settings = local_stack::Settings {
-        visibility_timeout: 6 * delivery::FUNCTION_TIMEOUT.as_secs() as u32,
-        ..Default::default()
-    };
+    // The queue, the functions and the trigger as the template deploys them.
+    let template = Template::load()?;
+    let deployment = Deployment::read(&template)?;
+    let settings = local_stack::Settings::from_template(&template)?;
     let stack = local_stack::provision(&aws, &settings).await?;
     // DynamoDB Local is a JVM, slow to answer until it has compiled its code: warmed up first, so
     // that this is not counted as the functions' time (~3,000 requests here: ~2 ms each after).
@@ -152,7 +154,8 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         stack.dead_letter_queue_url.as_str(),
     );
     if options.runs("cold-start") {
-        rows.extend(cold_starts(options, &paths, (&endpoints, &aws), queues, &settings).await?);
+        let deployed = (&template, &deployment, &settings);
+        rows.extend(cold_starts(options, &paths, (&endpoints, &aws), queues, deployed).await?);
         rows.extend(artifacts::rng_first_use(options.smoke).await?);
         match artifacts::criterion_figures(&paths.target)? {
             Some(row) => rows.push(row),
@@ -163,13 +166,14 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         }
     }
     if options.runs("delivery") {
-        rows.extend(throughput(options, &endpoints, &stack, &settings).await?);
+        rows.extend(throughput(options, &endpoints, &stack, &settings, &deployment).await?);
     }
     let worker = paths.binaries.join("worker");
     let host_stack = host::Stack {
         aws: &aws,
         endpoints: &endpoints,
         settings: &settings,
+        deployment: &deployment,
         worker: &worker,
         logs: &paths.logs,
     };
@@ -219,28 +223,21 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec(name: &'static str, paths: &Paths, bin: &str, env: Vec<(String, String)>) -> FunctionSpec {
+/// `timeout`: each invocation's deadline (the function's template `Timeout` for the worker).
+fn spec(
+    name: &'static str,
+    paths: &Paths,
+    bin: &str,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+) -> FunctionSpec {
     FunctionSpec {
         name,
         binary: paths.binaries.join(bin),
         env,
+        timeout,
         log: paths.logs.join(format!("{name}.log")),
     }
-}
-
-/// The SDK's environment for local endpoints, and for HTTPS the CA bundle that trusts them.
-fn sdk_env(endpoints: &local_stack::Endpoints, tls: Option<&TlsProxy>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = local_stack::sdk_environment(endpoints)
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
-        .collect();
-    if let Some(proxy) = tls {
-        env.push((
-            "AWS_CA_BUNDLE".into(),
-            proxy.ca_bundle().display().to_string(),
-        ));
-    }
-    env
 }
 
 /// Section 1 (and the warm half of 2): each function started fresh several times, over plain
@@ -250,7 +247,7 @@ async fn cold_starts(
     paths: &Paths,
     (endpoints, aws): (&local_stack::Endpoints, &aws_config::SdkConfig),
     (accept_queue_url, worker_queue_url, dead_letter_queue_url): (&str, &str, &str),
-    settings: &local_stack::Settings,
+    (template, deployment, settings): (&Template, &Deployment, &local_stack::Settings),
 ) -> anyhow::Result<Vec<Row>> {
     let (accept_plan, worker_plan, recipients) = if options.smoke {
         let plan = Plan {
@@ -274,37 +271,34 @@ async fn cold_starts(
         )
     };
     let proxy = TlsProxy::start(endpoints, &paths.out.join("ca-bundle.pem")).await?;
-    let env = |tls: Option<&TlsProxy>, queue_url: &str| {
-        let endpoints = tls.map_or(endpoints, TlsProxy::endpoints);
-        let mut env = sdk_env(endpoints, tls);
-        env.push(("QUEUE_URL".into(), queue_url.to_owned()));
-        env.push(("TABLE_NAME".into(), settings.table_name.clone()));
-        env
-    };
-    let accept_env = |tls| env(tls, accept_queue_url);
-    let worker_env = |tls| {
-        let mut env = env(tls, worker_queue_url);
-        env.extend([
-            (
-                "CONTACT_LIST_NAME".into(),
-                settings.contact_list_name.clone(),
-            ),
-            ("FROM_ADDRESS".into(), settings.from_address.clone()),
-            (
-                "RECIPIENT_HASH_KEY".into(),
-                local_stack::LOCAL_RECIPIENT_HASH_KEY.into(),
-            ),
-            (
-                "DEAD_LETTER_QUEUE_URL".into(),
-                dead_letter_queue_url.to_owned(),
-            ),
-            // One instance at a rate that does not hold the sends back: the figure is the
+    // Each function's environment as the template sets it, with the local queues and table;
+    // for HTTPS, the endpoints behind the proxy and the CA bundle that trusts it.
+    let env = |tls: Option<&TlsProxy>, function: &str, queue_url: &str| {
+        let locals = local_stack::LocalResources {
+            queue_url,
+            dead_letter_queue_url,
+            table_name: &settings.table_name,
+            from_address: &settings.from_address,
+            contact_list_name: &settings.contact_list_name,
+            // One worker instance at a rate that does not hold the sends back: the figure is the
             // worker's own cost.
-            ("MAX_SEND_RATE".into(), "1000".into()),
-            ("MAX_CONCURRENCY".into(), "1".into()),
-        ]);
-        env
+            max_send_rate: 1000.0,
+            max_concurrency: 1,
+            configuration_set_name: None,
+        }
+        .locals();
+        let endpoints = tls.map_or(endpoints, TlsProxy::endpoints);
+        let mut env = local_stack::function_environment(template, function, &locals, endpoints)?;
+        if let Some(proxy) = tls {
+            env.push((
+                "AWS_CA_BUNDLE".into(),
+                proxy.ca_bundle().display().to_string(),
+            ));
+        }
+        anyhow::Ok(env)
     };
+    let accept_env = |tls| env(tls, template::ACCEPT_FUNCTION, accept_queue_url);
+    let worker_env = |tls| env(tls, template::WORKER_FUNCTION, worker_queue_url);
     let accept_event = Invocations::Same(events::accept_request()?);
     // The worker refuses a delivery for a task without a record: each invocation gets one for a
     // task accepted and planned just before it, on the tasks table the worker uses.
@@ -319,7 +313,7 @@ async fn cold_starts(
     let hello_event = Invocations::Same(bytes::Bytes::from_static(b"{\"hello\":\"world\"}"));
 
     let floor = cold_start::measure(
-        &spec("hello", paths, "hello", vec![]),
+        &spec("hello", paths, "hello", vec![], function::STEP_TIMEOUT),
         async || hello_event.next().await,
         events::check_any,
         accept_plan,
@@ -331,7 +325,13 @@ async fn cold_starts(
     let sqs = aws_sdk_sqs::Client::new(aws);
     let accept_http = measure_from_empty_queue(
         &sqs,
-        &spec("accept-http", paths, "accept", accept_env(None)),
+        &spec(
+            "accept-http",
+            paths,
+            "accept",
+            accept_env(None)?,
+            function::STEP_TIMEOUT,
+        ),
         &accept_event,
         events::check_accepted,
         accept_plan,
@@ -340,7 +340,13 @@ async fn cold_starts(
     .await?;
     let accept_https = measure_from_empty_queue(
         &sqs,
-        &spec("accept-https", paths, "accept", accept_env(Some(&proxy))),
+        &spec(
+            "accept-https",
+            paths,
+            "accept",
+            accept_env(Some(&proxy))?,
+            function::STEP_TIMEOUT,
+        ),
         &accept_event,
         events::check_accepted,
         accept_plan,
@@ -349,7 +355,13 @@ async fn cold_starts(
     .await?;
     let worker_http = measure_from_empty_queue(
         &sqs,
-        &spec("worker-http", paths, "worker", worker_env(None)),
+        &spec(
+            "worker-http",
+            paths,
+            "worker",
+            worker_env(None)?,
+            deployment.timeout,
+        ),
         &worker_event,
         events::check_delivered,
         worker_plan,
@@ -358,7 +370,13 @@ async fn cold_starts(
     .await?;
     let worker_https = measure_from_empty_queue(
         &sqs,
-        &spec("worker-https", paths, "worker", worker_env(Some(&proxy))),
+        &spec(
+            "worker-https",
+            paths,
+            "worker",
+            worker_env(Some(&proxy))?,
+            deployment.timeout,
+        ),
         &worker_event,
         events::check_delivered,
         worker_plan,
@@ -449,6 +467,7 @@ async fn throughput(
     endpoints: &local_stack::Endpoints,
     queues: &local_stack::Provisioned,
     settings: &local_stack::Settings,
+    deployment: &Deployment,
 ) -> anyhow::Result<Vec<Row>> {
     let ses = |latency_ms, max_send_rate| SesBehaviour {
         latency: Duration::from_millis(latency_ms),
@@ -490,6 +509,7 @@ async fn throughput(
             queue_url: &queues.queue_url,
             dead_letter_queue_url: &queues.dead_letter_queue_url,
             settings,
+            deployment,
         };
         let result = delivery::run(&stack, &scenario).await?;
         let name = format!(

@@ -5,6 +5,7 @@
 //! did not report in `batchItemFailures`, and leaves the reported ones to reappear after the
 //! visibility timeout, so the queue's own redrive policy moves a poison message to the DLQ.
 
+use crate::template::{self, Template};
 use anyhow::Context;
 use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
@@ -68,13 +69,31 @@ pub struct Trigger {
     pub wait_time_seconds: i32,
 }
 
-impl Default for Trigger {
-    fn default() -> Self {
-        Self {
-            batch_size: 10,
-            batching_window: Duration::from_secs(1),
+impl Trigger {
+    /// The worker's SQS event in `template` (`BatchSize`, `MaximumBatchingWindowInSeconds`), with
+    /// the 20 s long poll of Lambda's pollers (no template setting).
+    pub fn from_template(template: &Template) -> anyhow::Result<Self> {
+        let event = template
+            .function(template::WORKER_FUNCTION)?
+            .sqs_event(template::JOBS_EVENT)?;
+        Ok(Self {
+            batch_size: event.batch_size.try_into()?,
+            batching_window: event.batching_window,
             wait_time_seconds: 20,
-        }
+        })
+    }
+}
+
+impl Default for Trigger {
+    /// [`Trigger::from_template`] on the repository's `template.yaml`.
+    ///
+    /// # Panics
+    ///
+    /// If the template cannot be read or lacks a value, naming it.
+    fn default() -> Self {
+        Template::load()
+            .and_then(|template| Self::from_template(&template))
+            .unwrap_or_else(|err| panic!("the SQS trigger from template.yaml: {err:#}"))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod ses_endpoint;
 pub mod sqs_proxy;
 pub mod stack;
 pub mod subscribers;
+pub mod template;
 
 pub use dynamodb_local::DynamoDbLocal;
 pub use moto::MotoServer;
@@ -22,6 +23,7 @@ pub use provision::{Provisioned, Settings, provision};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+use template::{Locals, Template};
 
 /// The region everything local lives in.
 pub const REGION: &str = "us-east-1";
@@ -142,42 +144,96 @@ pub fn repository_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The environment the template gives the worker for `config`, with the SDK pointed at
-/// `endpoints`: what a worker bootstrap run locally (under the Lambda host) needs.
 /// The key that names recipients in local logs (deployments generate theirs in Secrets Manager).
 pub const LOCAL_RECIPIENT_HASH_KEY: &str = "local-recipient-hash-key";
 
-pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec<(String, String)> {
+/// The environment `function` gets: the SDK pointed at `endpoints` ([`sdk_environment`]), the
+/// log format Lambda derives from the function's `LoggingConfig`, and the template's
+/// `Environment.Variables` for it, resolved with `locals`. So a variable added to the template
+/// reaches every local run, or stops it with an error naming the variable when it needs a local
+/// value nobody gave.
+pub fn function_environment(
+    template: &Template,
+    function: &str,
+    locals: &Locals,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let function = template.function(function)?;
     let mut env: Vec<(String, String)> = sdk_environment(endpoints)
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
-    env.extend(
-        [
-            ("QUEUE_URL", config.queue_url.clone()),
-            (
-                "DEAD_LETTER_QUEUE_URL",
-                config.dead_letter_queue_url.clone(),
-            ),
-            ("TABLE_NAME", config.table_name.clone()),
-            ("CONTACT_LIST_NAME", config.contact_list_name.clone()),
-            ("FROM_ADDRESS", config.from_address.clone()),
-            ("RECIPIENT_HASH_KEY", config.recipient_hash_key.0.clone()),
-            ("MAX_SEND_RATE", config.max_send_rate.to_string()),
-            ("MAX_CONCURRENCY", config.max_concurrency.to_string()),
-            ("MAX_IN_FLIGHT", config.max_in_flight.to_string()),
-            (
-                "FUNCTION_TIMEOUT",
-                config.function_timeout.as_secs().to_string(),
-            ),
-        ]
-        .map(|(name, value)| (name.to_owned(), value)),
-    );
-    env.extend(
-        config
-            .configuration_set_name
-            .iter()
-            .map(|set| ("CONFIGURATION_SET_NAME".to_owned(), set.clone())),
-    );
+    env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), function.log_format()?));
+    env.extend(function.environment(locals)?);
+    Ok(env)
+}
+
+/// The local values of what the functions' environments refer to in the template: the queues
+/// and the table as provisioned, the parameters as a local run sets them. [`LocalResources::locals`]
+/// maps them to the template's names.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalResources<'a> {
+    pub queue_url: &'a str,
+    pub dead_letter_queue_url: &'a str,
+    pub table_name: &'a str,
+    pub from_address: &'a str,
+    pub contact_list_name: &'a str,
+    pub max_send_rate: f64,
+    pub max_concurrency: u32,
+    pub configuration_set_name: Option<&'a str>,
+}
+
+impl LocalResources<'_> {
+    /// The template's `!Ref`s to them, and the local key in place of the secret the template
+    /// resolves at deploy time.
+    pub fn locals(&self) -> Locals {
+        let locals = Locals::new()
+            // Resources: what CloudFormation would name or create, as provisioned locally.
+            .with_ref(template::JOBS_QUEUE, self.queue_url)
+            .with_ref(template::DEAD_LETTER_QUEUE, self.dead_letter_queue_url)
+            .with_ref(template::TASKS_TABLE, self.table_name)
+            // Parameters: the local values in place of a deployment's (or of their defaults).
+            .with_ref("FromAddress", self.from_address)
+            .with_ref("ContactListName", self.contact_list_name)
+            .with_ref("MaxSendRate", self.max_send_rate)
+            .with_ref("WorkerMaxConcurrency", self.max_concurrency)
+            // The template resolves the key from Secrets Manager at deploy time.
+            .with_variable("RECIPIENT_HASH_KEY", LOCAL_RECIPIENT_HASH_KEY);
+        match self.configuration_set_name {
+            Some(set) => locals.with_ref("ConfigurationSetName", set),
+            None => locals,
+        }
+    }
+}
+
+/// The environment the template gives the worker for `config`, with the SDK pointed at
+/// `endpoints`: what a worker bootstrap run locally (under the Lambda host) needs. The variables
+/// are the template's ([`function_environment`]), with `config`'s values (its timeout too: runs
+/// may shorten it) and its `MAX_IN_FLIGHT` (a setting the template leaves at its default).
+///
+/// # Panics
+///
+/// If `template.yaml` cannot be read or a variable of the worker's has no local value, naming
+/// it (a dev tool's error; the local stack's tests build this environment first).
+pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec<(String, String)> {
+    let locals = LocalResources {
+        queue_url: &config.queue_url,
+        dead_letter_queue_url: &config.dead_letter_queue_url,
+        table_name: &config.table_name,
+        from_address: &config.from_address,
+        contact_list_name: &config.contact_list_name,
+        max_send_rate: config.max_send_rate,
+        max_concurrency: config.max_concurrency,
+        configuration_set_name: config.configuration_set_name.as_deref(),
+    }
+    .locals()
+    .with_variable("RECIPIENT_HASH_KEY", &config.recipient_hash_key.0)
+    .with_variable("FUNCTION_TIMEOUT", config.function_timeout.as_secs());
+    let mut env = Template::load()
+        .and_then(|template| {
+            function_environment(&template, template::WORKER_FUNCTION, &locals, endpoints)
+        })
+        .unwrap_or_else(|err| panic!("the worker's environment from template.yaml: {err:#}"));
+    env.push(("MAX_IN_FLIGHT".to_owned(), config.max_in_flight.to_string()));
     env
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use local_stack::event_source::Trigger;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::Audience;
+use local_stack::template::Template;
 use local_stack::{Settings, repository_root};
 use newsletter::ports::TaskStore;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ async fn dev() -> anyhow::Result<()> {
         .map(Into::into)
         .unwrap_or_else(|_| root.join("dev/subscribers.json"));
     let dynamodb_port = port("LOCAL_DYNAMODB_PORT", DEFAULT_DYNAMODB_PORT)?;
+    // The queue, the trigger and the worker's rate as a deployment with the defaults gets them.
+    let template = Template::load()?;
     let options = StackOptions {
         aws_port: port("LOCAL_AWS_PORT", DEFAULT_AWS_PORT)?,
         dynamodb: DynamoDb::Own {
@@ -51,11 +54,17 @@ async fn dev() -> anyhow::Result<()> {
         lambda_port: port("LAMBDA_PORT", DEFAULT_LAMBDA_PORT)?,
         settings: Settings {
             audience: Audience::load(&subscribers)?,
-            ..Settings::default()
+            ..Settings::from_template(&template)?
         },
-        max_send_rate: 14.0,
-        max_concurrency: 5,
-        trigger: Trigger::default(),
+        max_send_rate: template
+            .parameter_default("MaxSendRate")?
+            .parse()
+            .context("MaxSendRate's Default")?,
+        max_concurrency: template
+            .parameter_default("WorkerMaxConcurrency")?
+            .parse()
+            .context("WorkerMaxConcurrency's Default")?,
+        trigger: Trigger::from_template(&template)?,
         reload_on_change: true,
         log_path: root.join(".dev/functions.log"),
     };

@@ -3,6 +3,7 @@
 //! the tasks table (on DynamoDB Local).
 
 use crate::subscribers::Audience;
+use crate::template::{self, Template};
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -10,15 +11,17 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
-/// What to create. The defaults mirror `template.yaml`.
+/// What to create. The queue attributes come from `template.yaml` ([`Settings::from_template`]);
+/// the names are local (the template lets CloudFormation name the queues and the table, and takes
+/// the sender and the contact list as parameters without defaults).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub queue_name: String,
     pub table_name: String,
-    /// Seconds; the template sets 6× the worker timeout.
+    /// Seconds: the template's `JobsQueue.VisibilityTimeout`.
     pub visibility_timeout: u32,
-    /// Receives before SQS moves a message to the dead-letter queue (the template's
-    /// `Mappings.Constants.JobsQueue.MaxReceiveCount`).
+    /// Receives before SQS moves a message to the dead-letter queue: the template's
+    /// `JobsQueue.RedrivePolicy.maxReceiveCount`.
     pub max_receive_count: u32,
     pub from_address: String,
     pub contact_list_name: String,
@@ -26,17 +29,33 @@ pub struct Settings {
     pub audience: Audience,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
+impl Settings {
+    /// The jobs queue's attributes as `template` sets them, with local names.
+    pub fn from_template(template: &Template) -> anyhow::Result<Self> {
+        let jobs_queue = template.queue(template::JOBS_QUEUE)?;
+        Ok(Self {
             queue_name: "newsletter-jobs".into(),
             table_name: "newsletter-tasks".into(),
-            visibility_timeout: 360,
-            max_receive_count: 5,
+            visibility_timeout: jobs_queue.visibility_timeout()?,
+            max_receive_count: jobs_queue.max_receive_count()?,
             from_address: "newsletter@example.com".into(),
             contact_list_name: "newsletter-subscribers".into(),
             audience: Audience::default(),
-        }
+        })
+    }
+}
+
+impl Default for Settings {
+    /// [`Settings::from_template`] on the repository's `template.yaml`.
+    ///
+    /// # Panics
+    ///
+    /// If the template cannot be read or lacks a value, naming it (the local stack's template
+    /// tests read the same values first).
+    fn default() -> Self {
+        Template::load()
+            .and_then(|template| Self::from_template(&template))
+            .unwrap_or_else(|err| panic!("local settings from template.yaml: {err:#}"))
     }
 }
 
@@ -82,18 +101,27 @@ pub async fn provision(
     Ok(queues)
 }
 
-/// The jobs queue `name` and its dead-letter queue (`<name>-dlq`, 14 days' retention), with the
-/// template's redrive policy after `max_receive_count` receives.
+/// The jobs queue `name` and its dead-letter queue (`<name>-dlq`, with the template's
+/// `MessageRetentionPeriod`), with the template's redrive policy after `max_receive_count`
+/// receives.
 pub async fn create_queues(
     sqs: &aws_sdk_sqs::Client,
     name: &str,
     visibility_timeout: u32,
     max_receive_count: u32,
 ) -> anyhow::Result<Provisioned> {
+    let template = Template::load()?;
+    let dead_letter_queue = template.queue(template::JOBS_QUEUE)?.dead_letter_queue()?;
+    let retention = template
+        .queue(&dead_letter_queue)?
+        .message_retention_period()?;
     let dead_letter_queue_url = sqs
         .create_queue()
         .queue_name(format!("{name}-dlq"))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .attributes(
+            QueueAttributeName::MessageRetentionPeriod,
+            retention.to_string(),
+        )
         .send()
         .await
         .context("creating the dead-letter queue")?
@@ -134,41 +162,50 @@ pub async fn create_queues(
     })
 }
 
-/// The tasks table as the template defines it: string key `pk`, on demand, TTL on `expires_at`.
+/// The tasks table as the template's `TasksTable` defines it: its key schema and attribute
+/// types, its billing mode, and TTL on its TTL attribute (`pk`, on demand, `expires_at` today).
 pub async fn create_tasks_table(
     dynamodb: &aws_sdk_dynamodb::Client,
     name: &str,
 ) -> anyhow::Result<()> {
-    dynamodb
+    let template = Template::load()?;
+    let table = template.table(template::TASKS_TABLE)?;
+    let mut create = dynamodb
         .create_table()
         .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()?,
-        )
+        .billing_mode(BillingMode::from(table.billing_mode()?.as_str()));
+    for key in table.key_schema()? {
+        create = create
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(&key.name)
+                    .attribute_type(ScalarAttributeType::from(key.attribute_type.as_str()))
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(&key.name)
+                    .key_type(KeyType::from(key.key_type.as_str()))
+                    .build()?,
+            );
+    }
+    create
         .send()
         .await
         .with_context(|| format!("creating the tasks table {name}"))?;
-    dynamodb
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()?,
-        )
-        .send()
-        .await
-        .context("enabling TTL on the tasks table")?;
+    if let Some(attribute) = table.ttl_attribute()? {
+        dynamodb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(attribute)
+                    .enabled(true)
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("enabling TTL on the tasks table")?;
+    }
     Ok(())
 }

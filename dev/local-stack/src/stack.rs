@@ -4,7 +4,9 @@
 
 use crate::event_source::{HttpInvoker, SqsEventSource, Trigger};
 use crate::functions::{CargoLambdaWatch, EventSink};
-use crate::{DynamoDbLocal, Endpoints, MotoServer, Provisioned, Settings};
+use crate::template::{self, Template};
+use crate::{DynamoDbLocal, Endpoints, LocalResources, MotoServer, Provisioned, Settings};
+use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,7 +29,8 @@ pub struct StackOptions {
     /// Port of `cargo lambda watch` (0: any free port).
     pub lambda_port: u16,
     pub settings: Settings,
-    /// The worker's `MAX_SEND_RATE` and `MAX_CONCURRENCY`, as the template passes them.
+    /// The template's `MaxSendRate` and `WorkerMaxConcurrency` parameters (the worker's
+    /// `MAX_SEND_RATE` and `MAX_CONCURRENCY`).
     pub max_send_rate: f64,
     pub max_concurrency: u32,
     pub trigger: Trigger,
@@ -40,6 +43,8 @@ pub struct LocalStack {
     pub provisioned: Provisioned,
     pub sqs: aws_sdk_sqs::Client,
     trigger: Trigger,
+    /// What the template's dead-letter schedule invokes the worker with.
+    sweep_event: serde_json::Value,
     endpoints: Endpoints,
     // Dropped in this order: the functions first, then the AWS servers they talk to.
     functions: CargoLambdaWatch,
@@ -49,6 +54,8 @@ pub struct LocalStack {
 
 impl LocalStack {
     pub async fn start(options: StackOptions, events: EventSink) -> anyhow::Result<Self> {
+        // Read first: a template the stack cannot use stops it before anything starts.
+        let template = Template::load()?;
         let (dynamodb, dynamodb_endpoint) = match &options.dynamodb {
             DynamoDb::Own { port, log_path } => {
                 let server = DynamoDbLocal::start(*port, log_path)?;
@@ -65,34 +72,12 @@ impl LocalStack {
         let aws = crate::sdk_config(&endpoints).await;
         let provisioned = crate::provision(&aws, &options.settings).await?;
 
-        let mut env: Vec<(String, String)> = crate::sdk_environment(&endpoints)
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect();
-        env.extend(
-            [
-                ("QUEUE_URL", provisioned.queue_url.clone()),
-                ("TABLE_NAME", options.settings.table_name.clone()),
-                (
-                    "DEAD_LETTER_QUEUE_URL",
-                    provisioned.dead_letter_queue_url.clone(),
-                ),
-                ("FUNCTION_TIMEOUT", FUNCTION_TIMEOUT.as_secs().to_string()),
-                (
-                    "CONTACT_LIST_NAME",
-                    options.settings.contact_list_name.clone(),
-                ),
-                ("FROM_ADDRESS", options.settings.from_address.clone()),
-                (
-                    "RECIPIENT_HASH_KEY",
-                    crate::LOCAL_RECIPIENT_HASH_KEY.to_owned(),
-                ),
-                ("MAX_SEND_RATE", options.max_send_rate.to_string()),
-                ("MAX_CONCURRENCY", options.max_concurrency.to_string()),
-                ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
-        );
+        let env = functions_environment(&template, &options, &provisioned, &endpoints)?;
+        let sweep_event = template
+            .function(template::WORKER_FUNCTION)?
+            .schedule_input(template::DEAD_LETTER_SWEEP_EVENT)?;
+        let sweep_event = serde_json::from_str(&sweep_event)
+            .with_context(|| format!("the dead-letter sweep's Input {sweep_event}"))?;
 
         let mut functions = CargoLambdaWatch::start(
             resolve(options.lambda_port)?,
@@ -107,6 +92,7 @@ impl LocalStack {
             provisioned,
             sqs: aws_sdk_sqs::Client::new(&aws),
             trigger: options.trigger,
+            sweep_event,
             endpoints,
             functions,
             moto,
@@ -153,8 +139,7 @@ impl LocalStack {
             let mut every = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 every.tick().await;
-                let event = serde_json::json!({"sweep": "dead-letters"});
-                if let Err(err) = worker.invoke_json(&event).await {
+                if let Err(err) = worker.invoke_json(&self.sweep_event).await {
                     eprintln!("dead-letter sweep: {err:#}");
                 }
             }
@@ -164,8 +149,6 @@ impl LocalStack {
     }
 }
 
-/// The worker's timeout, as `template.yaml` sets it (`Mappings.Constants.Dispatcher.Timeout`).
-pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often `make dev` sweeps the dead-letter queue; the template's schedule does every 5
 /// minutes, which is long to wait for at a desk.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -175,5 +158,101 @@ fn resolve(port: u16) -> anyhow::Result<u16> {
         crate::moto::free_port()
     } else {
         Ok(port)
+    }
+}
+
+/// The environment of both functions under `cargo lambda watch`, which gives all of its functions
+/// one: each function's variables as the template sets them ([`crate::function_environment`]),
+/// with the local overrides (the SDK's endpoints, the local queues and table, the local key),
+/// merged. A variable the two functions set to different values is an error: one environment
+/// cannot hold both.
+fn functions_environment(
+    template: &Template,
+    options: &StackOptions,
+    provisioned: &Provisioned,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let locals = LocalResources {
+        queue_url: &provisioned.queue_url,
+        dead_letter_queue_url: &provisioned.dead_letter_queue_url,
+        table_name: &options.settings.table_name,
+        from_address: &options.settings.from_address,
+        contact_list_name: &options.settings.contact_list_name,
+        max_send_rate: options.max_send_rate,
+        max_concurrency: options.max_concurrency,
+        configuration_set_name: None,
+    }
+    .locals();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for function in [template::ACCEPT_FUNCTION, template::WORKER_FUNCTION] {
+        for (name, value) in crate::function_environment(template, function, &locals, endpoints)? {
+            match env.iter().find(|(set, _)| *set == name) {
+                Some((_, set)) => anyhow::ensure!(
+                    *set == value,
+                    "{function} sets {name} to {value:?} and another function to {set:?}: \
+                     `cargo lambda watch` gives all functions one environment"
+                ),
+                None => env.push((name, value)),
+            }
+        }
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_functions_get_every_variable_of_theirs_in_one_environment() {
+        let template = Template::load().unwrap();
+        let options = StackOptions {
+            aws_port: 0,
+            dynamodb: DynamoDb::Shared,
+            lambda_port: 0,
+            settings: Settings::from_template(&template).unwrap(),
+            max_send_rate: 25.0,
+            max_concurrency: 3,
+            trigger: Trigger::from_template(&template).unwrap(),
+            reload_on_change: false,
+            log_path: PathBuf::new(),
+        };
+        let provisioned = Provisioned {
+            queue_url: "http://127.0.0.1:1/queue/jobs".into(),
+            dead_letter_queue_url: "http://127.0.0.1:1/queue/jobs-dlq".into(),
+        };
+        let endpoints = Endpoints {
+            aws: "http://127.0.0.1:1".into(),
+            dynamodb: "http://127.0.0.1:2".into(),
+        };
+        let env = functions_environment(&template, &options, &provisioned, &endpoints).unwrap();
+        for function in [template::ACCEPT_FUNCTION, template::WORKER_FUNCTION] {
+            for name in template
+                .function(function)
+                .unwrap()
+                .variable_names()
+                .unwrap()
+            {
+                let set: Vec<_> = env.iter().filter(|(set, _)| *set == name).collect();
+                assert_eq!(set.len(), 1, "{function}'s {name}: {set:?}");
+            }
+        }
+        let value = |name: &str| {
+            env.iter()
+                .find(|(set, _)| set == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(value("QUEUE_URL"), Some("http://127.0.0.1:1/queue/jobs"));
+        assert_eq!(value("MAX_SEND_RATE"), Some("25"));
+        assert_eq!(value("MAX_CONCURRENCY"), Some("3"));
+        let timeout = template
+            .function(template::WORKER_FUNCTION)
+            .unwrap()
+            .timeout();
+        assert_eq!(
+            value("FUNCTION_TIMEOUT"),
+            Some(timeout.unwrap().as_secs().to_string().as_str())
+        );
+        assert_eq!(value("AWS_LAMBDA_LOG_FORMAT"), Some("JSON"));
     }
 }

@@ -12,16 +12,17 @@ pub struct Config {
     /// The jobs queue's dead-letter queue (`DEAD_LETTER_QUEUE_URL`), swept on a schedule to
     /// account for what reached it.
     pub dead_letter_queue_url: String,
-    /// The function's timeout (`FUNCTION_TIMEOUT`, seconds, default 60: the template's): the
-    /// invocation's deadline when the runtime gives none, and the time the send rate is
-    /// planned over.
+    /// The function's timeout (`FUNCTION_TIMEOUT`, seconds, default
+    /// [`Config::DEFAULT_FUNCTION_TIMEOUT`]): the invocation's deadline when the runtime gives
+    /// none, and the time the send rate is planned over.
     pub function_timeout: Duration,
     pub contact_list_name: String,
     pub from_address: String,
-    /// Emails per second for the whole SES account (`MAX_SEND_RATE`, default 14: the usual
-    /// starting quota of an SES account out of the sandbox).
+    /// Emails per second for the whole SES account (`MAX_SEND_RATE`, default
+    /// [`Config::DEFAULT_MAX_SEND_RATE`]).
     pub max_send_rate: f64,
-    /// The SQS event source's `ScalingConfig.MaximumConcurrency` (`MAX_CONCURRENCY`, default 5).
+    /// The SQS event source's `ScalingConfig.MaximumConcurrency` (`MAX_CONCURRENCY`, default
+    /// [`Config::DEFAULT_MAX_CONCURRENCY`]).
     pub max_concurrency: u32,
     /// Sends in flight per instance (`MAX_IN_FLIGHT`, default 16).
     pub max_in_flight: usize,
@@ -45,16 +46,30 @@ impl std::fmt::Debug for SecretKey {
 const MIN_HASH_KEY_CHARS: usize = 16;
 
 impl Config {
+    /// `FUNCTION_TIMEOUT` when unset: the template's `WorkerFunction` `Timeout`. A copy, because
+    /// the worker must start without the variable; local-stack's `tests/template_copies.rs`
+    /// holds it to `template.yaml`.
+    pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `MAX_SEND_RATE` when unset: the template's `MaxSendRate` default (14, the usual starting
+    /// quota of an SES account out of the sandbox). Held to `template.yaml` as above.
+    pub const DEFAULT_MAX_SEND_RATE: f64 = 14.0;
+    /// `MAX_CONCURRENCY` when unset: the template's `WorkerMaxConcurrency` default. Held to
+    /// `template.yaml` as above.
+    pub const DEFAULT_MAX_CONCURRENCY: u32 = 5;
+
     pub fn from_env() -> Result<Self, ConfigError> {
         let config = Self {
             queue_url: config::required("QUEUE_URL")?,
             table_name: config::required("TABLE_NAME")?,
             dead_letter_queue_url: config::required("DEAD_LETTER_QUEUE_URL")?,
-            function_timeout: Duration::from_secs(config::parsed_or("FUNCTION_TIMEOUT", 60)?),
+            function_timeout: Duration::from_secs(config::parsed_or(
+                "FUNCTION_TIMEOUT",
+                Self::DEFAULT_FUNCTION_TIMEOUT.as_secs(),
+            )?),
             contact_list_name: config::required("CONTACT_LIST_NAME")?,
             from_address: config::required("FROM_ADDRESS")?,
-            max_send_rate: config::parsed_or("MAX_SEND_RATE", 14.0)?,
-            max_concurrency: config::parsed_or("MAX_CONCURRENCY", 5)?,
+            max_send_rate: config::parsed_or("MAX_SEND_RATE", Self::DEFAULT_MAX_SEND_RATE)?,
+            max_concurrency: config::parsed_or("MAX_CONCURRENCY", Self::DEFAULT_MAX_CONCURRENCY)?,
             max_in_flight: config::parsed_or("MAX_IN_FLIGHT", 16)?,
             configuration_set_name: config::optional("CONFIGURATION_SET_NAME"),
             recipient_hash_key: SecretKey(config::required("RECIPIENT_HASH_KEY")?),
@@ -141,7 +156,12 @@ mod tests {
     #[test]
     fn chunks_fit_one_invocation_at_the_per_instance_rate() {
         // The template's defaults: 14/s over 5 instances is 2.8/s, 53 s of sending: 148 emails.
-        assert_eq!(config(14.0, 5, 60).chunk_size().unwrap(), 50);
+        let defaults = config(
+            Config::DEFAULT_MAX_SEND_RATE,
+            Config::DEFAULT_MAX_CONCURRENCY,
+            Config::DEFAULT_FUNCTION_TIMEOUT.as_secs(),
+        );
+        assert_eq!(defaults.chunk_size().unwrap(), 50);
         // 1/s over 2 instances: 26 emails an invocation, so chunks of 26.
         assert_eq!(config(1.0, 2, 60).chunk_size().unwrap(), 26);
     }

@@ -34,15 +34,19 @@ pub struct HostOptions {
 }
 
 impl Default for HostOptions {
-    /// The template's trigger (batch of 10, 1 s window) with a 1 s long poll (Lambda's pollers
-    /// wait 20 s; a short wait keeps stopping prompt), two instances, no kills.
+    /// The template's trigger ([`Trigger::default`]: its batch size and window) with a 1 s long
+    /// poll (Lambda's pollers wait 20 s; a short wait keeps stopping prompt), two instances, no
+    /// kills.
+    ///
+    /// # Panics
+    ///
+    /// If `template.yaml` cannot be read or lacks a value, naming it.
     fn default() -> Self {
         Self {
             max_concurrency: 2,
             trigger: Trigger {
-                batch_size: 10,
-                batching_window: Duration::from_secs(1),
                 wait_time_seconds: 1,
+                ..Trigger::default()
             },
             kill_plan: None,
         }
