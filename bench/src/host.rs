@@ -169,7 +169,7 @@ async fn run_on(
     let _ = std::fs::remove_file(&log);
     let mut function = FunctionConfig::new("worker", stack.worker, &log)
         .timeout(scenario.function_timeout)
-        .env(local_stack::worker_environment(&config, &endpoints));
+        .env(local_stack::worker_environment(&config, &endpoints)?);
     function.memory_size_mb = scenario.memory_size_mb;
     let options = HostOptions {
         max_concurrency: scenario.max_concurrency as usize,

@@ -5,7 +5,7 @@ use crate::helpers::{TestApp, event_file, json_body, post_request, spawn_app_wit
 use lambda_http::{Body, Request, Response, http::HeaderValue};
 use local_stack::Settings;
 use local_stack::sqs_proxy::SendFault;
-use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
 use newsletter::domain::TaskStatus;
 use newsletter::message::Message;
 use newsletter::ports::TaskStore;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const SUBSCRIBERS: [&str; 3] = ["a@example.com", "b@example.com", "c@example.com"];
 
 async fn app() -> TestApp {
-    let audience = Audience {
+    let audience = ContactList {
         topics: vec![TopicSpec {
             name: "rust".into(),
             default: Status::OptIn,
@@ -31,7 +31,7 @@ async fn app() -> TestApp {
     };
     let settings = Settings {
         audience,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     spawn_app_with(settings, &[]).await
 }

@@ -5,7 +5,7 @@ use crate::helpers::{event_file, json_body, spawn_app, spawn_app_with};
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::{Context, LambdaEvent, request::LambdaRequest};
 use local_stack::event_source::Invoke;
-use local_stack::subscribers::Audience;
+use local_stack::subscribers::ContactList;
 use local_stack::{Settings, repository_root};
 use newsletter::message::Message;
 use newsletter::ports::TaskStore;
@@ -122,11 +122,11 @@ async fn invalid_event_names_every_bad_field() {
 
 #[tokio::test]
 async fn sqs_events_report_exactly_their_poison_messages() {
-    let audience = Audience::load(&repository_root().join("dev/subscribers.json")).unwrap();
+    let audience = ContactList::load(&repository_root().join("dev/subscribers.json")).unwrap();
     let app = spawn_app_with(
         Settings {
             audience,
-            ..Settings::default()
+            ..Settings::local().expect("template.yaml gives the local settings")
         },
         &[],
     )

@@ -33,7 +33,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Settings::default(), &[]).await
+    spawn_app_with(
+        Settings::local().expect("template.yaml gives the local settings"),
+        &[],
+    )
+    .await
 }
 
 /// `moto_env` sets the local SES's fault injection (see `dev/moto_server.py`). The table name gets

@@ -6,14 +6,14 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use lambda_http::{Body, Request, RequestExt, http};
 use local_stack::Settings;
 use local_stack::event_source::Invoke;
-use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
 use serde_json::{Value, json};
 
-async fn app(audience: Audience, moto_env: &[(&str, &str)]) -> TestApp {
+async fn app(audience: ContactList, moto_env: &[(&str, &str)]) -> TestApp {
     spawn_app_with(
         Settings {
             audience,
-            ..Settings::default()
+            ..Settings::local().expect("template.yaml gives the local settings")
         },
         moto_env,
     )
@@ -169,7 +169,7 @@ async fn a_redelivered_chunk_after_partial_ses_failures_sends_each_recipient_onc
             }
         })
         .collect();
-    let audience = Audience {
+    let audience = ContactList {
         topics: vec![TopicSpec {
             name: "rust".into(),
             default: Status::OptIn,
@@ -216,7 +216,7 @@ async fn a_poison_job_reaches_the_dlq_and_its_task_says_which_part_failed() {
     let settings = Settings {
         audience: mixed_audience(),
         visibility_timeout: 1,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let app = spawn_app_with(settings, &[]).await;
     let (_, task_id) = post(&app, post_request(&newsletter_body())).await;
@@ -264,7 +264,7 @@ async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sen
             unsubscribe_all: false,
         })
         .collect();
-    let audience = Audience {
+    let audience = ContactList {
         topics: vec![TopicSpec {
             name: "rust".into(),
             default: Status::OptIn,
@@ -274,7 +274,7 @@ async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sen
     let settings = Settings {
         audience,
         visibility_timeout: 1,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let app = spawn_app_with(
         settings,

@@ -11,7 +11,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use local_stack::Settings;
 use local_stack::dynamodb_proxy::{CapacityStats, DynamoDbProxy, Fault, FaultKind, Operation};
 use local_stack::event_source::Invoke;
-use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
 use newsletter::domain::{TaskId, TaskStatus};
 use newsletter::message::Message;
 use newsletter::ports::{ChunkStore, Holder, Lease, Settled, TaskStore};
@@ -37,7 +37,7 @@ const LONG_INVOCATION: Duration = Duration::from_secs(30);
 /// once the lease has lapsed (sooner, its copy would find the chunk busy and be dropped).
 const VISIBILITY_TIMEOUT: u32 = 8;
 
-fn audience() -> Audience {
+fn audience() -> ContactList {
     let contact = |email: String, opted_out: bool| Subscriber {
         email,
         topics: if opted_out {
@@ -47,7 +47,7 @@ fn audience() -> Audience {
         },
         unsubscribe_all: false,
     };
-    Audience {
+    ContactList {
         topics: vec![TopicSpec {
             name: "rust".into(),
             default: Status::OptIn,
@@ -63,7 +63,7 @@ async fn app() -> (TestApp, DynamoDbProxy) {
     spawn_app_behind_dynamodb_proxy(Settings {
         audience: audience(),
         visibility_timeout: VISIBILITY_TIMEOUT,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     })
     .await
 }

@@ -2,7 +2,7 @@
 
 use crate::helpers::{TestApp, json_body, spawn_app_with};
 use local_stack::Settings;
-use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
 use newsletter::message::Message;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +26,7 @@ fn subscriber(email: String, preferences: &[(&str, Status)], unsubscribe_all: bo
 }
 
 /// 260 contacts in six preference patterns, over three topics.
-pub fn mixed_audience() -> Audience {
+pub fn mixed_audience() -> ContactList {
     use Status::{OptIn, OptOut};
     let subscribers = (0..260)
         .map(|i| {
@@ -41,7 +41,7 @@ pub fn mixed_audience() -> Audience {
             }
         })
         .collect();
-    Audience {
+    ContactList {
         topics: vec![
             topic("rust", OptIn),
             topic("aws", OptOut),
@@ -87,10 +87,10 @@ fn titles_by_recipient(
     received
 }
 
-async fn app_with(audience: Audience, moto_env: &[(&str, &str)]) -> TestApp {
+async fn app_with(audience: ContactList, moto_env: &[(&str, &str)]) -> TestApp {
     let settings = Settings {
         audience,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     spawn_app_with(settings, moto_env).await
 }
@@ -202,7 +202,7 @@ async fn when_ses_fails_for_some_recipients_only_they_are_retried() {
         .iter()
         .map(|name| subscriber(format!("{name}@example.com"), &[], false))
         .collect();
-    let audience = Audience {
+    let audience = ContactList {
         topics: vec![topic("rust", Status::OptIn)],
         subscribers,
     };
@@ -251,7 +251,7 @@ async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue() {
     let settings = Settings {
         audience: mixed_audience(),
         visibility_timeout: 1,
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let app = spawn_app_with(settings, &[]).await;
     app.enqueue_raw("this is not JSON").await;
@@ -301,7 +301,7 @@ async fn logs_name_recipients_by_their_keyed_hash_never_by_address() {
             .finish(),
     ));
     let addresses = ["ok1@example.com", "bounce1@example.com"];
-    let audience = Audience {
+    let audience = ContactList {
         topics: vec![topic("rust", Status::OptIn)],
         subscribers: addresses
             .iter()

@@ -4,7 +4,7 @@
 use local_stack::event_source::Trigger;
 use local_stack::outbox::SentEmail;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
-use local_stack::subscribers::Audience;
+use local_stack::subscribers::ContactList;
 use local_stack::{Settings, repository_root};
 use std::future::Future;
 use std::sync::Arc;
@@ -15,11 +15,11 @@ mod contract;
 async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
     let root = repository_root();
     let settings = Settings {
-        audience: Audience::load(&root.join("dev/subscribers.json")).expect("demo subscribers"),
+        audience: ContactList::load(&root.join("dev/subscribers.json")).expect("demo subscribers"),
         visibility_timeout,
         // The tests' stacks share one DynamoDB Local.
         table_name: local_stack::dynamodb_local::unique_table_name("newsletter-tasks"),
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let options = StackOptions {
         aws_port: 0,

@@ -10,7 +10,7 @@ mod shipped_features;
 use local_stack::event_source::Trigger;
 use local_stack::lambda_host::{self, FunctionConfig, HostOptions, HostStats, KillPlan, SqsHost};
 use local_stack::ses_endpoint::{Received, SesBehaviour, SesEndpoint};
-use local_stack::subscribers::{Audience, Status, Subscriber, TopicSpec};
+use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
 use local_stack::{Endpoints, MotoServer, Provisioned, Settings};
 use newsletter::domain::{TaskRecord, TaskStatus};
 use newsletter::ports::TaskStore;
@@ -55,8 +55,8 @@ struct Delivered {
 }
 
 impl Run {
-    fn audience(&self) -> Audience {
-        Audience {
+    fn audience(&self) -> ContactList {
+        ContactList {
             topics: vec![TopicSpec {
                 name: "rust".into(),
                 default: Status::OptIn,
@@ -102,7 +102,7 @@ impl Run {
             table_name: local_stack::dynamodb_local::unique_table_name("lambda-host-tasks"),
             audience: self.audience(),
             visibility_timeout: self.visibility_timeout.as_secs() as u32,
-            ..Settings::default()
+            ..Settings::local().expect("template.yaml gives the local settings")
         };
         let provisioned = local_stack::provision(&aws, &settings)
             .await
@@ -149,10 +149,13 @@ impl Run {
         };
         let mut function = FunctionConfig::new("worker", &bootstrap, &log)
             .timeout(self.function_timeout)
-            .env(local_stack::worker_environment(
-                &self.worker_config(&settings, &provisioned),
-                &endpoints,
-            ));
+            .env(
+                local_stack::worker_environment(
+                    &self.worker_config(&settings, &provisioned),
+                    &endpoints,
+                )
+                .expect("the worker's environment from template.yaml"),
+            );
         function.memory_size_mb = 256;
         let options = HostOptions {
             max_concurrency: self.max_concurrency,
@@ -476,7 +479,7 @@ async fn the_accept_bootstrap_answers_every_http_event_in_events() {
     let aws = local_stack::sdk_config(&endpoints).await;
     let settings = Settings {
         table_name: local_stack::dynamodb_local::unique_table_name("lambda-host-accept"),
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let provisioned = local_stack::provision(&aws, &settings)
         .await

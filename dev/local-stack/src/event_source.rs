@@ -84,19 +84,6 @@ impl Trigger {
     }
 }
 
-impl Default for Trigger {
-    /// [`Trigger::from_template`] on the repository's `template.yaml`.
-    ///
-    /// # Panics
-    ///
-    /// If the template cannot be read or lacks a value, naming it.
-    fn default() -> Self {
-        Template::load()
-            .and_then(|template| Self::from_template(&template))
-            .unwrap_or_else(|err| panic!("the SQS trigger from template.yaml: {err:#}"))
-    }
-}
-
 /// What one poll did.
 #[derive(Debug, Default)]
 pub struct PollOutcome {

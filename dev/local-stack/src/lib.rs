@@ -209,13 +209,12 @@ impl LocalResources<'_> {
 /// The environment the template gives the worker for `config`, with the SDK pointed at
 /// `endpoints`: what a worker bootstrap run locally (under the Lambda host) needs. The variables
 /// are the template's ([`function_environment`]), with `config`'s values (its timeout too: runs
-/// may shorten it) and its `MAX_IN_FLIGHT` (a setting the template leaves at its default).
-///
-/// # Panics
-///
-/// If `template.yaml` cannot be read or a variable of the worker's has no local value, naming
-/// it (a dev tool's error; the local stack's tests build this environment first).
-pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec<(String, String)> {
+/// may shorten it) and its `MAX_IN_FLIGHT` (a setting the template leaves at its default). An
+/// error names what `template.yaml` lacks, or the worker's variable that has no local value.
+pub fn worker_environment(
+    config: &worker::Config,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Vec<(String, String)>> {
     let locals = LocalResources {
         queue_url: &config.queue_url,
         dead_letter_queue_url: &config.dead_letter_queue_url,
@@ -229,11 +228,12 @@ pub fn worker_environment(config: &worker::Config, endpoints: &Endpoints) -> Vec
     .locals()
     .with_variable("RECIPIENT_HASH_KEY", &config.recipient_hash_key.0)
     .with_variable("FUNCTION_TIMEOUT", config.function_timeout.as_secs());
-    let mut env = Template::load()
-        .and_then(|template| {
-            function_environment(&template, template::WORKER_FUNCTION, &locals, endpoints)
-        })
-        .unwrap_or_else(|err| panic!("the worker's environment from template.yaml: {err:#}"));
+    let mut env = function_environment(
+        &Template::load()?,
+        template::WORKER_FUNCTION,
+        &locals,
+        endpoints,
+    )?;
     env.push(("MAX_IN_FLIGHT".to_owned(), config.max_in_flight.to_string()));
-    env
+    Ok(env)
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use local_stack::event_source::Trigger;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
-use local_stack::subscribers::Audience;
+use local_stack::subscribers::ContactList;
 use local_stack::template::Template;
 use local_stack::{Settings, repository_root};
 use newsletter::ports::TaskStore;
@@ -53,7 +53,7 @@ async fn dev() -> anyhow::Result<()> {
         },
         lambda_port: port("LAMBDA_PORT", DEFAULT_LAMBDA_PORT)?,
         settings: Settings {
-            audience: Audience::load(&subscribers)?,
+            audience: ContactList::load(&subscribers)?,
             ..Settings::from_template(&template)?
         },
         max_send_rate: template

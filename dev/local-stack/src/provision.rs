@@ -2,7 +2,7 @@
 //! and redrive policy, the SES sender identity, the contact list with its topics (on moto), and
 //! the tasks table (on DynamoDB Local).
 
-use crate::subscribers::Audience;
+use crate::subscribers::ContactList;
 use crate::template::{self, Template};
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
@@ -26,7 +26,7 @@ pub struct Settings {
     pub from_address: String,
     pub contact_list_name: String,
     /// The contact list's topics, and the subscribers to seed it with.
-    pub audience: Audience,
+    pub audience: ContactList,
 }
 
 impl Settings {
@@ -40,22 +40,16 @@ impl Settings {
             max_receive_count: jobs_queue.max_receive_count()?,
             from_address: "newsletter@example.com".into(),
             contact_list_name: "newsletter-subscribers".into(),
-            audience: Audience::default(),
+            audience: ContactList::default(),
         })
     }
 }
 
-impl Default for Settings {
-    /// [`Settings::from_template`] on the repository's `template.yaml`.
-    ///
-    /// # Panics
-    ///
-    /// If the template cannot be read or lacks a value, naming it (the local stack's template
-    /// tests read the same values first).
-    fn default() -> Self {
-        Template::load()
-            .and_then(|template| Self::from_template(&template))
-            .unwrap_or_else(|err| panic!("local settings from template.yaml: {err:#}"))
+impl Settings {
+    /// [`Settings::from_template`] on the repository's `template.yaml`: the local settings the
+    /// tests and `make dev` start from.
+    pub fn local() -> anyhow::Result<Self> {
+        Self::from_template(&Template::load()?)
     }
 }
 

@@ -42,7 +42,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// The topics of `newsletter_topics` this subscriber should get, by the same rules SES uses.
-    pub fn wants<'a>(&self, audience: &Audience, newsletter_topics: &[&'a str]) -> Vec<&'a str> {
+    pub fn wants<'a>(&self, audience: &ContactList, newsletter_topics: &[&'a str]) -> Vec<&'a str> {
         if self.unsubscribe_all {
             return Vec::new();
         }
@@ -61,14 +61,16 @@ impl Subscriber {
     }
 }
 
+/// The contact list to provision locally: its topics and its subscribers (`dev/subscribers.json`
+/// for `make dev`). Not the core's `audience::Audience`, which selects recipients from a list.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Audience {
+pub struct ContactList {
     pub topics: Vec<TopicSpec>,
     pub subscribers: Vec<Subscriber>,
 }
 
-impl Audience {
+impl ContactList {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -182,6 +182,7 @@ fn the_worker_environment_is_the_template_s_with_the_run_s_configuration() {
         recipient_hash_key: worker::SecretKey("a-key-of-16-chars-or-more".into()),
     };
     let env: BTreeMap<String, String> = local_stack::worker_environment(&config, &endpoints())
+        .unwrap()
         .into_iter()
         .collect();
     for name in &names {
@@ -204,12 +205,12 @@ fn the_worker_environment_is_the_template_s_with_the_run_s_configuration() {
     }
 }
 
-/// The defaults that read the template, on the repository's.
+/// The local settings and trigger, read from the repository's template.
 #[test]
-fn the_local_defaults_are_the_template_s() {
+fn the_local_settings_are_the_template_s() {
     let template = template();
     let jobs_queue = template.queue(template::JOBS_QUEUE).unwrap();
-    let settings = local_stack::Settings::default();
+    let settings = local_stack::Settings::local().unwrap();
     assert_eq!(
         settings.visibility_timeout,
         jobs_queue.visibility_timeout().unwrap()
@@ -223,10 +224,7 @@ fn the_local_defaults_are_the_template_s() {
         .function(template::WORKER_FUNCTION)
         .and_then(|worker| worker.sqs_event(template::JOBS_EVENT))
         .unwrap();
-    let trigger = local_stack::event_source::Trigger::default();
+    let trigger = local_stack::event_source::Trigger::from_template(&template).unwrap();
     assert_eq!(trigger.batch_size as u32, event.batch_size);
     assert_eq!(trigger.batching_window, event.batching_window);
-    let host = local_stack::lambda_host::HostOptions::default();
-    assert_eq!(host.trigger.batch_size as u32, event.batch_size);
-    assert_eq!(host.trigger.batching_window, event.batching_window);
 }

@@ -33,26 +33,6 @@ pub struct HostOptions {
     pub kill_plan: Option<KillPlan>,
 }
 
-impl Default for HostOptions {
-    /// The template's trigger ([`Trigger::default`]: its batch size and window) with a 1 s long
-    /// poll (Lambda's pollers wait 20 s; a short wait keeps stopping prompt), two instances, no
-    /// kills.
-    ///
-    /// # Panics
-    ///
-    /// If `template.yaml` cannot be read or lacks a value, naming it.
-    fn default() -> Self {
-        Self {
-            max_concurrency: 2,
-            trigger: Trigger {
-                wait_time_seconds: 1,
-                ..Trigger::default()
-            },
-            kill_plan: None,
-        }
-    }
-}
-
 /// How one invocation turned out, for the event source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
