@@ -25,7 +25,13 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     ("rest-api-console-test.json", 404),
     // `isBase64Encoded: true` with a JSON body: lambda_http's decoder panicked on it.
     ("http-api-post-bad-base64.json", 400),
+    // The sample task's pause and resume (the test records the task first): its status, no job.
+    ("http-api-pause.json", 202),
+    ("http-api-resume.json", 202),
 ];
+
+/// The HTTP events that control the sample task rather than accept a newsletter.
+const CONTROL_EVENTS: &[&str] = &["http-api-pause.json", "http-api-resume.json"];
 
 /// SQS batches for `worker`, and the message ids it must report failed.
 /// The task every SQS sample names.
@@ -66,6 +72,10 @@ async fn every_file_in_events_is_covered_here() {
 #[tokio::test]
 async fn http_events_get_their_answers_and_only_202s_enqueue() {
     let app = spawn_app().await;
+    app.store
+        .create(SAMPLE_TASK.parse().unwrap())
+        .await
+        .unwrap();
     let mut accepted = Vec::new();
     for (file, status) in HTTP_EVENTS {
         // As the runtime hands it to main.rs: the event JSON in, the response JSON out.
@@ -80,7 +90,15 @@ async fn http_events_get_their_answers_and_only_202s_enqueue() {
         assert_eq!(response["statusCode"], *status, "{file}");
         let body: serde_json::Value =
             serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
-        if *status == 202 {
+        if CONTROL_EVENTS.contains(file) {
+            assert_eq!(body["task_id"], SAMPLE_TASK, "{file}");
+            let expected = if file.contains("pause") {
+                "paused"
+            } else {
+                "accepted"
+            };
+            assert_eq!(body["status"], expected, "{file}");
+        } else if *status == 202 {
             accepted.push(body["task_id"].as_str().unwrap().to_owned());
         } else {
             assert_eq!(body["status"], *status, "{file}: a problem+json body");

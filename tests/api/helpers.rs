@@ -44,12 +44,27 @@ pub async fn spawn_app() -> TestApp {
 /// a suffix that makes it unique among the test process's apps (`app.settings` has it).
 pub async fn spawn_app_with(settings: Settings, moto_env: &[(&str, &str)]) -> TestApp {
     let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
-    spawn_on(settings, moto_env, dynamodb).await
+    spawn_on(settings, moto_env, dynamodb, FAST_SEND_RATE).await
+}
+
+/// The worker's account send rate in tests: fast, so that tests take no time sending.
+const FAST_SEND_RATE: f64 = 1000.0;
+
+/// The app with a worker that sends at `emails_per_second` (one instance): slow enough, say, for
+/// a pause to land in the middle of a chunk.
+pub async fn spawn_app_sending_at(settings: Settings, emails_per_second: f64) -> TestApp {
+    let dynamodb = local_stack::dynamodb_local::shared_endpoint().expect("DynamoDB Local starts");
+    spawn_on(settings, &[], dynamodb, emails_per_second).await
 }
 
 /// The app on a moto server of its own and the DynamoDB endpoint `dynamodb` (DynamoDB Local, or
 /// a proxy in front of it), with a table of its own there.
-async fn spawn_on(mut settings: Settings, moto_env: &[(&str, &str)], dynamodb: String) -> TestApp {
+async fn spawn_on(
+    mut settings: Settings,
+    moto_env: &[(&str, &str)],
+    dynamodb: String,
+    max_send_rate: f64,
+) -> TestApp {
     settings.table_name = local_stack::dynamodb_local::unique_table_name(&settings.table_name);
     let moto = MotoServer::start_with_env(0, moto_env).expect("local AWS server starts");
     let endpoint = moto.endpoint();
@@ -71,7 +86,7 @@ async fn spawn_on(mut settings: Settings, moto_env: &[(&str, &str)], dynamodb: S
         function_timeout: Duration::from_secs(60),
         contact_list_name: settings.contact_list_name.clone(),
         from_address: settings.from_address.clone(),
-        max_send_rate: 1000.0,
+        max_send_rate,
         max_concurrency: 1,
         max_in_flight: 16,
         configuration_set_name: None,
@@ -320,7 +335,7 @@ pub async fn spawn_app_behind_dynamodb_proxy(
     let proxy = local_stack::dynamodb_proxy::DynamoDbProxy::start(&dynamodb)
         .await
         .expect("the DynamoDB proxy starts");
-    let app = spawn_on(settings, &[], proxy.endpoint()).await;
+    let app = spawn_on(settings, &[], proxy.endpoint(), FAST_SEND_RATE).await;
     proxy.reset_stats();
     (app, proxy)
 }

@@ -2,6 +2,7 @@
 //! and SES, DynamoDB Local for DynamoDB).
 
 mod accept;
+mod control;
 mod enqueue_faults;
 mod events;
 mod helpers;

@@ -180,7 +180,12 @@ def check_http_api_auth(t):
 
 
 # Every route of the API and the function serving it; check_http_api_auth covers their auth.
-ROUTES = {"POST /newsletters": "AcceptFunction", "GET /newsletters/{task_id}": "AcceptFunction"}
+ROUTES = {
+    "POST /newsletters": "AcceptFunction",
+    "GET /newsletters/{task_id}": "AcceptFunction",
+    "POST /newsletters/{task_id}/pause": "AcceptFunction",
+    "POST /newsletters/{task_id}/resume": "AcceptFunction",
+}
 
 
 def check_routes(t):

@@ -3,6 +3,7 @@
 //! it accounts for the messages that reached the dead-letter queue.
 
 use crate::audience::Audience;
+use crate::control::{self, ControlError};
 use crate::domain::{PartFailure, PauseCode, TaskId, TaskStatus};
 use crate::message::{DecodeError, Delivery, Job, Message};
 use crate::planning::{PagePlan, plan_page};
@@ -10,7 +11,7 @@ use crate::ports::{
     Accounting, ChunkStore, ContactDirectory, DeadLetterQueue, DirectoryError, Holder, Mailer,
     MessageQueue, PageState, PauseStore, PlanStore, QueueError, StoreError, TaskStore,
 };
-use crate::sending::{Budget, ChunkOutcome, SendReport, Sender};
+use crate::sending::{Budget, ChunkOutcome, Halt, SendReport, Sender};
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
@@ -97,6 +98,16 @@ where
     #[cfg(test)]
     pub(crate) fn sender(&self) -> &Sender<M> {
         &self.sender
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &S {
+        &self.store
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> &Q {
+        &self.queue
     }
 
     /// Processes a batch that must be done by `deadline`, one record after another (they share
@@ -281,7 +292,10 @@ where
         let Some(task) = self.store.get(delivery.task_id).await? else {
             return Err(WorkError::UnknownTask(delivery.task_id));
         };
-        if task.status == TaskStatus::Paused && self.park(delivery).await? {
+        // The same decision the sender makes during the chunk (`Halt`), made before it starts.
+        if let Some(Halt::Paused) = Halt::of(task.status)
+            && self.park(delivery).await?
+        {
             return Ok(());
         }
         let outcome = self
@@ -319,6 +333,14 @@ where
             ChunkOutcome::Refused(report, code) => {
                 log(&report, false);
                 self.pause(delivery, code).await
+            }
+            ChunkOutcome::Halted(report, Halt::Paused) => {
+                log(&report, false);
+                if self.park(delivery).await? {
+                    return Ok(());
+                }
+                // Resumed since the check saw the pause: go on elsewhere.
+                self.hand_back(delivery).await
             }
             ChunkOutcome::Unfinished(report) => {
                 log(&report, false);
@@ -366,31 +388,14 @@ where
         Ok(parked)
     }
 
-    /// Resumes a paused task where it stopped: its parked chunks go back on the queue (each
-    /// recipient they already reached is settled in the store, so nobody gets a duplicate).
-    /// Safe to repeat: a resume that died half-way queues the rest when run again.
-    pub async fn resume(&self, task_id: TaskId) -> Result<ResumeReport, WorkError> {
-        let span = tracing::info_span!("task", %task_id);
-        async {
-            if self.store.get(task_id).await?.is_none() {
-                return Err(WorkError::UnknownTask(task_id));
-            }
-            let resumed = self.store.unpause(task_id).await?;
-            let parked = self.store.parked(task_id).await?;
-            for (chunk_id, message) in &parked {
-                let message = Message::decode(message)?;
-                self.queue.send_all(&[message]).await?;
-                self.store.unpark(task_id, chunk_id).await?;
-            }
-            let report = ResumeReport {
-                resumed,
-                requeued: parked.len(),
-            };
-            tracing::info!(resumed, requeued = report.requeued, "task resumed");
-            Ok(report)
-        }
-        .instrument(span)
-        .await
+    /// Resumes a paused task where it stopped (see [`control::resume`], which accept's
+    /// `POST /newsletters/{task_id}/resume` runs too).
+    pub async fn resume(&self, task_id: TaskId) -> Result<ResumeReport, ControlError> {
+        let resumed = control::resume(&self.queue, &self.store, task_id).await?;
+        Ok(ResumeReport {
+            resumed: resumed.resumed,
+            requeued: resumed.requeued,
+        })
     }
 
     /// Moves the task to its final status if every recipient is accounted for. Many invocations

@@ -1,7 +1,8 @@
 //! The core of newsletter dispatch: what a newsletter is and how a request becomes one
 //! ([`domain`]), the messages that carry the work through the queue ([`message`]), the use cases
-//! of both functions ([`submit`] and [`status`] for accept, [`dispatch`] for the worker, with
-//! [`planning`], [`audience`], [`render`] and [`sending`]), and the [`ports`] they need from the
+//! of both functions ([`submit`] and [`status`] for accept, [`control`] for both (pause and
+//! resume), [`dispatch`] for the worker, with [`planning`], [`audience`], [`render`] and
+//! [`sending`]), and the [`ports`] they need from the
 //! outside world, each with its contract.
 //!
 //! Nothing here knows about Lambda or AWS (this crate depends on no AWS crate): the adapters
@@ -9,6 +10,7 @@
 
 pub mod audience;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod domain;
 pub mod message;

@@ -181,8 +181,8 @@ pub trait TaskStore: Send + Sync {
         failure: PartFailure,
         stops_planning_at: Option<u32>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Moves the task to the final `status` unless it is there already or completed. `true` for
-    /// the one caller that made the move.
+    /// Moves the task to the final `status` unless it is there already or completed, ending any
+    /// pause. `true` for the one caller that made the move.
     fn finish(
         &self,
         task_id: TaskId,
@@ -474,17 +474,20 @@ pub trait ChunkStore: Send + Sync {
     ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
 }
 
-/// Pausing a task whose sends SES refuses account-wide, and resuming it where it stopped: the
-/// chunks that arrive while it is paused are parked here (their messages leave the queue, so
-/// they do not burn their receives into the dead-letter queue), and queued again on resume.
+/// Pausing a task (its sends SES refuses account-wide, or a caller asked), and resuming it
+/// where it stopped: the chunks that arrive while it is paused are parked here (their messages
+/// leave the queue, so they do not burn their receives into the dead-letter queue), and queued
+/// again on resume.
 ///
 /// # Contract
 /// - A pause MUST NOT hide the task's own status from planning: planning goes on writing it.
+/// - A pause MUST NOT outlive the task: moving it to a final status ([`TaskStore::finish`],
+///   [`TaskStore::withdraw`]) ends the pause, and a finished task never pauses.
 /// - A parked chunk's message MUST be kept until `unpark`, and MUST be returned by `parked`
 ///   until then, whatever the task's status.
 pub trait PauseStore: Send + Sync {
-    /// Pauses a planning or sending task for `code`. `false`, changing nothing, if the task is
-    /// paused already (the first reason stays) or in any other status.
+    /// Pauses an accepted, planning or sending task for `code`. `false`, changing nothing, if
+    /// the task is paused already (the first reason stays), finished, or has no record.
     fn pause(
         &self,
         task_id: TaskId,

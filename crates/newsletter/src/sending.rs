@@ -2,10 +2,10 @@
 //! concurrently, under the account's send rate, starting nothing that cannot finish (and be
 //! recorded) before the invocation's deadline, and recording who was sent what in small groups.
 
-use crate::domain::{PauseCode, RecipientRefs, Topic};
+use crate::domain::{PauseCode, RecipientRefs, TaskRecord, TaskStatus, Topic};
 use crate::message::{Delivery, Recipient};
 use crate::ports::{
-    ChunkProgress, ChunkStore, Holder, Lease, Mailer, SendError, Settled, StoreError,
+    ChunkProgress, ChunkStore, Holder, Lease, Mailer, SendError, Settled, StoreError, TaskStore,
 };
 use crate::render::{RenderedEmail, render};
 use futures::future::OptionFuture;
@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -43,6 +44,41 @@ pub const SETTLE_RESERVE: Duration = Duration::from_secs(3);
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
 /// Added to a lease's lapse, against clock skew between Lambda hosts.
 const LEASE_SKEW: Duration = Duration::from_secs(2);
+
+/// How often a chunk being sent reads its task again (one `GetItem`), to see a pause (or any
+/// other [`Halt`]) made since the chunk started; the chunk's start reads it too. There is no
+/// read per email: an instance sending at `r` emails per second reads about `1000 / (r × 2)`
+/// times per 1,000 emails on top of one read per chunk. At the template's defaults
+/// (`MaxSendRate` 14 over `WorkerMaxConcurrency` 5: 2.8 emails/s per instance, chunks of 50,
+/// each about 18 s of sending) that is 8 checks + 1 start read per chunk, about 180 strongly
+/// consistent reads (180 read units: the task item is under 4 KB) per 1,000 emails, against
+/// 1,000 for a read per email. What an instance may still start after a pause is written:
+/// its sends already under way (at most `MAX_IN_FLIGHT`; about rate × SES's latency, under one
+/// at the defaults) plus what the rate lets it start before its next check, rate × (interval +
+/// the limiter's 1 s burst) = 2.8 × 3 ≈ 8 at the defaults, and never more than the chunk it is
+/// on (50). 2 s keeps that under ten emails per instance while costing a fifth of a read per
+/// email; halving it doubles the reads for 3 fewer emails.
+pub const CONTROL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why a chunk stops for its task's sake, not its own: the task's status says to send nothing
+/// more for now. The chunk records what settled, gives its lease up, and the dispatcher parks
+/// it. One place decides it, at the chunk's start and during it, so that a status added later
+/// (a cancelled task, say) stops chunks by the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// Paused (on request, or by SES refusing the account): the chunk is parked until resumed.
+    Paused,
+}
+
+impl Halt {
+    /// Whether a task in `status` must not be sent to now.
+    pub fn of(status: TaskStatus) -> Option<Self> {
+        match status {
+            TaskStatus::Paused => Some(Self::Paused),
+            _ => None,
+        }
+    }
+}
 
 /// Account-wide refusals in a row (no email sent or rejected in between) after which the chunk
 /// stops and its task pauses: few enough that a broken account costs a handful of calls, more
@@ -191,6 +227,10 @@ pub enum ChunkOutcome {
     /// SES refused [`ACCOUNT_FAILURES_TO_PAUSE`] sends in a row account-wide: the chunk stopped
     /// (what was settled is recorded, the lease given up) and its task should pause.
     Refused(SendReport, PauseCode),
+    /// A check during the chunk found its task halted (paused): the chunk stopped starting
+    /// sends, waited for those in flight, recorded what settled and gave its lease up. Nobody is
+    /// counted failed for it; the recipients left are in `report.unsent`.
+    Halted(SendReport, Halt),
 }
 
 pub struct Sender<M> {
@@ -245,6 +285,8 @@ impl<'a> Renders<'a> {
 }
 
 type Recording<'a> = Pin<Box<dyn Future<Output = (Settled, Result<(), StoreError>)> + Send + 'a>>;
+type Checking<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<TaskRecord>, StoreError>> + Send + 'a>>;
 
 impl<M: Mailer> Sender<M> {
     pub fn new(mailer: M, policy: SendPolicy) -> Self {
@@ -281,7 +323,10 @@ impl<M: Mailer> Sender<M> {
     /// while sends go on, and the chunk is closed (counted on its task) or released at the end.
     /// An error means the store failed even after retries: the lease is left to lapse, and
     /// the recipients not recorded (at most the crash window) may be sent again.
-    pub async fn send_chunk<S: ChunkStore>(
+    ///
+    /// While it sends, it reads the task every [`CONTROL_CHECK_INTERVAL`]; a task found halted
+    /// ([`Halt`]) stops the chunk: [`ChunkOutcome::Halted`].
+    pub async fn send_chunk<S: ChunkStore + TaskStore>(
         &self,
         delivery: &Delivery,
         store: &S,
@@ -314,14 +359,22 @@ impl<M: Mailer> Sender<M> {
         let mut refused_in_a_row = 0;
         let mut refused = None;
 
+        // Set with `halted`: sends booked on the rate but still waiting for their turn see it
+        // and do not start (a send under way is not cut off: SES may have taken it).
+        let halting = AtomicBool::new(false);
         let mut renders = Renders::new(delivery);
         let mut sends = FuturesUnordered::new();
         let mut unrecorded = Settled::default();
         let mut recording: Option<Recording<'_>> = None;
         let mut recording_len = 0;
         let mut recorded = Settled::default();
-        // Out of time, or the store is failing: start nothing more.
+        // Out of time, the store is failing, SES refuses the account, or the task halted: start
+        // nothing more.
         let mut stopped = false;
+        let mut halted = None;
+        // The dispatcher read the task just before the chunk started.
+        let mut next_check = Instant::now() + CONTROL_CHECK_INTERVAL;
+        let mut checking: Option<Checking<'_>> = None;
         // After a record write failed for good, only the last write (close or release) tries again.
         let mut store_failing = false;
         let window = self.max_in_flight + SETTLE_GROUP;
@@ -340,7 +393,10 @@ impl<M: Mailer> Sender<M> {
                 pending.pop_front();
                 let recipient = &delivery.recipients[usize::from(position)];
                 let email = renders.get(&recipient.topics);
-                sends.push(self.send_one(position, recipient, email, slot, budget));
+                sends.push(self.send_one(position, recipient, email, slot, budget, &halting));
+            }
+            if checking.is_none() && !stopped && Instant::now() >= next_check {
+                checking = Some(Box::pin(store.get(task_id)));
             }
             if recording.is_none() && !store_failing && unrecorded.len() >= SETTLE_GROUP {
                 let batch = std::mem::take(&mut unrecorded);
@@ -388,6 +444,26 @@ impl<M: Mailer> Sender<M> {
                         }
                     }
                 }
+                Some(task) = OptionFuture::from(checking.as_mut()) => {
+                    checking = None;
+                    next_check = Instant::now() + CONTROL_CHECK_INTERVAL;
+                    match task {
+                        Ok(Some(task)) => {
+                            if let Some(halt) = Halt::of(task.status) {
+                                tracing::info!(chunk, status = task.status.as_str(), "task halted; stopping the chunk");
+                                halted = Some(halt);
+                                halting.store(true, Ordering::Relaxed);
+                                stopped = true;
+                            }
+                        }
+                        // Gone: the chunk's own writes will say so; sending on is what it did.
+                        Ok(None) => {}
+                        // A missed check delays a pause by one interval; it stops nothing.
+                        Err(err) => tracing::warn!(chunk, error = %err, "could not read the task to check for a pause; sending on"),
+                    }
+                }
+                // Wakes the loop for a check when no send or record ends before it is due.
+                () = tokio::time::sleep_until(next_check), if checking.is_none() && !stopped => {}
                 Some((batch, result)) = OptionFuture::from(recording.as_mut()) => {
                     recording = None;
                     recording_len = 0;
@@ -414,6 +490,14 @@ impl<M: Mailer> Sender<M> {
             })
             .await?;
             Ok(ChunkOutcome::Refused(report, code))
+        } else if let Some(halt) = halted
+            && report.unsent > 0
+        {
+            with_retries(budget.hard_stop, || {
+                store.release_lease(task_id, chunk, holder, &unrecorded)
+            })
+            .await?;
+            Ok(ChunkOutcome::Halted(report, halt))
         } else if report.unsent == 0 {
             with_retries(budget.hard_stop, || {
                 store.close(task_id, chunk, holder, &unrecorded, &after)
@@ -439,6 +523,7 @@ impl<M: Mailer> Sender<M> {
         email: Arc<RenderedEmail>,
         slot: Instant,
         budget: &Budget,
+        halting: &AtomicBool,
     ) -> (u16, SendOutcome, usize) {
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
@@ -447,6 +532,14 @@ impl<M: Mailer> Sender<M> {
         let (mut slot, mut throttled, mut transient_failures) = (slot, 0, 0);
         loop {
             tokio::time::sleep_until(slot).await;
+            // The task halted while this send waited for its turn: it does not start.
+            if halting.load(Ordering::Relaxed) {
+                return (
+                    position,
+                    SendOutcome::Unsent { transient_failures },
+                    throttled,
+                );
+            }
             let answer = tokio::time::timeout(
                 budget.send_timeout,
                 self.mailer.send(&recipient.email, &email, topic),

@@ -14,11 +14,16 @@ pub enum StatusError {
 }
 
 pub async fn task_status(store: &impl TaskStore, raw_id: &str) -> Result<TaskRecord, StatusError> {
-    let task_id: TaskId = raw_id
-        .parse()
-        .map_err(|_| StatusError::MalformedId(raw_id.chars().take(64).collect()))?;
+    let task_id = parse_task_id(raw_id)?;
     store
         .get(task_id)
         .await?
         .ok_or(StatusError::NotFound(task_id))
+}
+
+/// The task id a caller wrote in a path; what it wrote, cut to 64 characters, if it is none.
+pub fn parse_task_id(raw_id: &str) -> Result<TaskId, StatusError> {
+    raw_id
+        .parse()
+        .map_err(|_| StatusError::MalformedId(raw_id.chars().take(64).collect()))
 }

@@ -1,5 +1,6 @@
-//! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id), and
-//! `GET /newsletters/{task_id}` tells how it is going. Routes, checks the media type and headers,
+//! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id),
+//! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`
+//! and `…/resume` control it (202 + its status). Routes, checks the media type and headers,
 //! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
 pub mod event;
@@ -11,9 +12,10 @@ use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{StatusCode, header},
 };
+use newsletter::control::{self, ControlError};
 use newsletter::domain::TaskRecord;
-use newsletter::ports::{IdempotencyStore, MessageQueue, TaskStore};
-use newsletter::status::{StatusError, task_status};
+use newsletter::ports::{IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::status::{StatusError, parse_task_id, task_status};
 use newsletter::submit::{Deadline, SubmitError, submit};
 use newsletter::{IdempotencyKey, TaskId};
 use problem::Problem;
@@ -21,7 +23,7 @@ use routes::{Route, route};
 use serde::Serialize;
 use std::time::Duration;
 
-pub use routes::{NEWSLETTERS_PATH, ROUTES, TASK_PATH};
+pub use routes::{NEWSLETTERS_PATH, PAUSE_PATH, RESUME_PATH, ROUTES, TASK_PATH};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client polling an unfinished task should wait before asking again.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
@@ -58,6 +60,15 @@ pub enum AcceptError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// What a control route asks of a task.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
 }
 
 #[derive(Serialize)]
@@ -69,7 +80,7 @@ struct Accepted {
 impl<Q, S> App<Q, S>
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore,
+    S: TaskStore + IdempotencyStore + PauseStore,
 {
     pub fn new(queue: Q, store: S) -> Self {
         Self { queue, store }
@@ -88,6 +99,9 @@ where
                 .await
                 .map(status)
                 .map_err(Into::into),
+            // The request body, if any, is ignored: neither route takes parameters.
+            Some(Route::Pause(id)) => self.control(id, Control::Pause).await.map(controlled),
+            Some(Route::Resume(id)) => self.control(id, Control::Resume).await.map(controlled),
             None => Err(AcceptError::NotFound),
         };
         result.unwrap_or_else(|err| {
@@ -95,11 +109,37 @@ where
                 err,
                 AcceptError::Submit(
                     SubmitError::Queue(_) | SubmitError::Store(_) | SubmitError::InDoubt { .. }
+                ) | AcceptError::Control(
+                    ControlError::Store(_)
+                        | ControlError::Queue(_)
+                        | ControlError::UnreadableParked { .. }
                 )
             ) {
                 tracing::info!(reason = %err, "request rejected"); // failures are logged with their task
             }
             Problem::from(err).into_response()
+        })
+    }
+
+    /// Pauses or resumes the task `raw_id` names; its record after that.
+    async fn control(&self, raw_id: &str, control: Control) -> Result<TaskRecord, AcceptError> {
+        let task_id = parse_task_id(raw_id)?;
+        let result = match control {
+            Control::Pause => control::pause(&self.store, task_id).await,
+            Control::Resume => control::resume(&self.queue, &self.store, task_id)
+                .await
+                .map(|resumed| resumed.task),
+        };
+        result.map_err(|err| {
+            if matches!(
+                err,
+                ControlError::Store(_)
+                    | ControlError::Queue(_)
+                    | ControlError::UnreadableParked { .. }
+            ) {
+                tracing::error!(%task_id, ?control, error = %err, "task control failed");
+            }
+            err.into()
         })
     }
 
@@ -172,6 +212,21 @@ fn status(task: TaskRecord) -> Response<Body> {
         headers.push((header::RETRY_AFTER, STATUS_RETRY_AFTER_SECS.to_string()));
     }
     json_response(StatusCode::OK, "application/json", &task, &headers)
+}
+
+/// A pause or resume is done: the task's status, as `GET` shows it, at its `Location`.
+fn controlled(task: TaskRecord) -> Response<Body> {
+    let mut headers = vec![
+        (
+            header::LOCATION,
+            format!("{NEWSLETTERS_PATH}/{}", task.task_id),
+        ),
+        (header::CACHE_CONTROL, "no-store".to_owned()),
+    ];
+    if !task.status.is_finished() {
+        headers.push((header::RETRY_AFTER, STATUS_RETRY_AFTER_SECS.to_string()));
+    }
+    json_response(StatusCode::ACCEPTED, "application/json", &task, &headers)
 }
 
 fn json_response(

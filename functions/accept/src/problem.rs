@@ -5,6 +5,7 @@ use lambda_http::{
     Body, Response,
     http::{StatusCode, header},
 };
+use newsletter::control::ControlError;
 use newsletter::{FieldError, TaskId, status::StatusError, submit::SubmitError};
 use serde::Serialize;
 
@@ -170,6 +171,51 @@ impl From<AcceptError> for Problem {
             AcceptError::Status(StatusError::NotFound(_)) => {
                 Problem::new(StatusCode::NOT_FOUND, "task-not-found", "Not Found", detail)
             }
+            AcceptError::Control(ControlError::NotFound(_)) => {
+                Problem::new(StatusCode::NOT_FOUND, "task-not-found", "Not Found", detail)
+            }
+            AcceptError::Control(ControlError::Finished(_)) => Problem::new(
+                StatusCode::CONFLICT,
+                "task-finished",
+                "Task finished",
+                detail,
+            ),
+            AcceptError::Control(ControlError::Store(_)) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+                )],
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Service Unavailable",
+                    "the task could not be read or changed; retry later (pause and resume are \
+                     safe to repeat)"
+                        .into(),
+                )
+            },
+            AcceptError::Control(ControlError::Queue(_)) => Problem {
+                headers: vec![(
+                    header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+                )],
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue-unavailable",
+                    "Service Unavailable",
+                    "the task is resumed but some of its parked deliveries could not be queued \
+                     again; retry the resume (it queues the rest, and nobody gets an email twice)"
+                        .into(),
+                )
+            },
+            // Not cured by a retry: a parked message this version cannot read (the log names it).
+            AcceptError::Control(ControlError::UnreadableParked { .. }) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "parked-delivery-unreadable",
+                "Internal Server Error",
+                "a parked delivery of the task could not be read back; the task's log says which"
+                    .into(),
+            ),
             AcceptError::Status(StatusError::Store(_)) => Problem {
                 headers: vec![(
                     header::RETRY_AFTER,

@@ -5,26 +5,44 @@ use lambda_http::http::Method;
 pub const NEWSLETTERS_PATH: &str = "/newsletters";
 /// A task's status; `{task_id}` is one path segment.
 pub const TASK_PATH: &str = "/newsletters/{task_id}";
+/// Pauses a task (`202`, its status).
+pub const PAUSE_PATH: &str = "/newsletters/{task_id}/pause";
+/// Resumes a paused task where it stopped (`202`, its status).
+pub const RESUME_PATH: &str = "/newsletters/{task_id}/resume";
 
 /// Every route the handler serves: (method, path template). The router answers only these: any
 /// other method on one of these paths is a 405 whose `Allow` this table gives.
 /// `tests/routes.rs` checks that `openapi.yaml` and `template.yaml`'s HttpApi events list the same.
-pub const ROUTES: &[(&str, &str)] = &[("POST", NEWSLETTERS_PATH), ("GET", TASK_PATH)];
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", NEWSLETTERS_PATH),
+    ("GET", TASK_PATH),
+    ("POST", PAUSE_PATH),
+    ("POST", RESUME_PATH),
+];
 
 /// What a request asks for: one path template of [`ROUTES`], and what it captured.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
     Newsletters,
     Task(&'a str),
+    Pause(&'a str),
+    Resume(&'a str),
 }
 
 pub(crate) fn route(path: &str) -> Option<Route<'_>> {
     match path.strip_prefix(NEWSLETTERS_PATH)? {
         "" => Some(Route::Newsletters),
-        rest => rest
-            .strip_prefix('/')
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map(Route::Task),
+        rest => {
+            let mut segments = rest.strip_prefix('/')?.split('/');
+            let id = segments.next().filter(|id| !id.is_empty())?;
+            let route = match segments.next() {
+                None => Route::Task(id),
+                Some("pause") => Route::Pause(id),
+                Some("resume") => Route::Resume(id),
+                Some(_) => return None,
+            };
+            segments.next().is_none().then_some(route)
+        }
     }
 }
 
@@ -33,6 +51,8 @@ impl Route<'_> {
         match self {
             Route::Newsletters => NEWSLETTERS_PATH,
             Route::Task(_) => TASK_PATH,
+            Route::Pause(_) => PAUSE_PATH,
+            Route::Resume(_) => RESUME_PATH,
         }
     }
 
@@ -98,6 +118,8 @@ mod tests {
         assert_eq!(Route::Task("x").allow(), "GET");
         assert!(!Route::Newsletters.serves(&Method::GET));
         assert!(!Route::Task("x").serves(&Method::HEAD));
+        assert_eq!(Route::Pause("x").allow(), "POST");
+        assert_eq!(Route::Resume("x").allow(), "POST");
     }
 
     #[test]
@@ -107,6 +129,9 @@ mod tests {
             "/newsletter",
             "/newsletters/",
             "/newsletters/a/b",
+            "/newsletters/a/pause/",
+            "/newsletters/a/resume/b",
+            "/newsletters//pause",
             "/newslettersx",
         ] {
             assert_eq!(route(path), None, "{path}");

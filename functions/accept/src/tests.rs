@@ -6,7 +6,7 @@ use lambda_http::http::{self, HeaderValue};
 use newsletter::TaskId;
 use newsletter::domain::TaskStatus;
 use newsletter::message::Message;
-use newsletter::ports::{QueueError, TaskStore};
+use newsletter::ports::{PauseStore, QueueError, TaskStore};
 use newsletter::testing::fakes::{Fault, FaultyStore, MemoryStore, RecordingQueue};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,7 +51,7 @@ struct Answer {
 async fn send<Q, S>(app: &App<Q, S>, request: Request) -> Answer
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore,
+    S: TaskStore + IdempotencyStore + PauseStore,
 {
     let response = app.handle(request).await;
     let content_type = response.headers()[header::CONTENT_TYPE]
@@ -787,4 +787,140 @@ async fn the_invocation_deadline_bounds_the_request() {
         "before the deadline: {:?}",
         started.elapsed()
     );
+}
+
+fn post(path: &str) -> Request {
+    request("POST", path, None, Body::Empty)
+}
+
+/// A task accepted through the handler, by id.
+async fn accepted_task(app: &TestApp) -> TaskId {
+    let answer = send(app, post_json(&valid_body().to_string())).await;
+    answer.body["task_id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn pause_and_resume_answer_202_with_the_status_and_are_safe_to_repeat() {
+    let app = app();
+    let task_id = accepted_task(&app).await;
+    app.queue.take();
+
+    // A body is ignored, whatever it is: neither route takes parameters.
+    let paused = send(
+        &app,
+        request(
+            "POST",
+            &format!("/newsletters/{task_id}/pause"),
+            Some("text/plain"),
+            "ignored",
+        ),
+    )
+    .await;
+    assert_eq!(paused.status, 202);
+    assert_eq!(paused.content_type, "application/json");
+    assert_eq!(
+        paused.headers[header::LOCATION],
+        format!("/newsletters/{task_id}").as_str()
+    );
+    assert_eq!(paused.headers[header::RETRY_AFTER], "5");
+    assert_eq!(paused.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(paused.body["status"], "paused");
+    assert_eq!(paused.body["pause"]["code"], "requested");
+    let status = send(&app, get(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(paused.body, status.body, "the body GET answers");
+    let again = send(&app, post(&format!("/newsletters/{task_id}/pause"))).await;
+    assert_eq!((again.status, &again.body), (202, &paused.body), "a no-op");
+
+    let resumed = send(&app, post(&format!("/newsletters/{task_id}/resume"))).await;
+    assert_eq!(resumed.status, 202);
+    assert_eq!(resumed.body["status"], "accepted");
+    assert!(resumed.body.get("pause").is_none());
+    let again = send(&app, post(&format!("/newsletters/{task_id}/resume"))).await;
+    assert_eq!((again.status, &again.body), (202, &resumed.body), "a no-op");
+    assert!(app.queue.take().is_empty(), "nothing was parked");
+}
+
+#[tokio::test]
+async fn resume_queues_the_parked_deliveries_again() {
+    let app = app();
+    let task_id = accepted_task(&app).await;
+    let job = app.queue.take().remove(0);
+    send(&app, post(&format!("/newsletters/{task_id}/pause"))).await;
+    assert!(
+        app.store
+            .park(task_id, "p0-c0", &job.encode())
+            .await
+            .unwrap()
+    );
+
+    let resumed = send(&app, post(&format!("/newsletters/{task_id}/resume"))).await;
+    assert_eq!(resumed.status, 202);
+    assert_eq!(app.queue.take(), [job], "the parked message, as it was");
+    assert!(app.store.parked(task_id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() {
+    for action in ["pause", "resume"] {
+        let unknown = problem(post(&format!(
+            "/newsletters/{}/{action}",
+            TaskId::generate()
+        )))
+        .await;
+        assert_eq!(unknown.status, 404, "{action}");
+        assert_eq!(
+            unknown.body["type"],
+            "urn:newsletter-dispatch:problem:task-not-found"
+        );
+
+        let malformed = problem(post(&format!("/newsletters/not-a-task/{action}"))).await;
+        assert_eq!(malformed.status, 400, "{action}");
+        assert_eq!(
+            malformed.body["type"],
+            "urn:newsletter-dispatch:problem:malformed-task-id"
+        );
+
+        let wrong_method = problem(get(&format!(
+            "/newsletters/{}/{action}",
+            TaskId::generate()
+        )))
+        .await;
+        assert_eq!(wrong_method.status, 405, "{action}");
+        assert_eq!(wrong_method.headers[header::ALLOW], "POST");
+
+        let app = app();
+        let task_id = accepted_task(&app).await;
+        app.store
+            .finish(task_id, TaskStatus::Completed)
+            .await
+            .unwrap();
+        let finished = send(&app, post(&format!("/newsletters/{task_id}/{action}"))).await;
+        assert_eq!(finished.content_type, "application/problem+json");
+        assert_eq!(
+            finished.body,
+            json!({
+                "type": "urn:newsletter-dispatch:problem:task-finished",
+                "title": "Task finished",
+                "status": 409,
+                "detail": "the task is completed: it can no longer be paused or resumed"
+            }),
+            "{action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_during_a_pause_is_503_with_retry_after() {
+    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
+    let answer = send(
+        &app,
+        post(&format!("/newsletters/{}/pause", TaskId::generate())),
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.body["type"],
+        "urn:newsletter-dispatch:problem:store-unavailable"
+    );
+    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
 }

@@ -22,9 +22,10 @@ impl PauseStore for DynamoStore {
             .update_expression("SET pause_code = :code, paused_at = :now, updated_at = :now")
             .condition_expression(
                 "attribute_exists(pk) AND attribute_not_exists(pause_code) \
-                 AND #status IN (:planning, :sending)",
+                 AND #status IN (:accepted, :planning, :sending)",
             )
             .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":accepted", s(TaskStatus::Accepted.as_str()))
             .expression_attribute_values(":code", s(code.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":planning", s(TaskStatus::Planning.as_str()))

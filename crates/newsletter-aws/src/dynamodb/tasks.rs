@@ -97,7 +97,11 @@ impl TaskStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", task_key(task_id))
-            .update_expression("SET #status = :status, updated_at = :now, finished_by = :mover")
+            // A final status ends a pause (the pause overlay would hide it for good).
+            .update_expression(
+                "SET #status = :status, updated_at = :now, finished_by = :mover \
+                 REMOVE pause_code, paused_at",
+            )
             .condition_expression(
                 "attribute_exists(pk) AND #status <> :status AND #status <> :completed",
             )
@@ -133,7 +137,9 @@ impl TaskStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", task_key(task_id))
-            .update_expression("SET #status = :withdrawn, updated_at = :now")
+            .update_expression(
+                "SET #status = :withdrawn, updated_at = :now REMOVE pause_code, paused_at",
+            )
             // Withdrawn already: a retry after a lost answer, which changes nothing.
             .condition_expression("#status IN (:accepted, :withdrawn)")
             .expression_attribute_names("#status", "status")

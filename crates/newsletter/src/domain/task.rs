@@ -171,8 +171,9 @@ impl Serialize for PartFailure {
     }
 }
 
-/// Why SES refuses every email of the account, whoever it is to: the task pauses instead of
-/// failing its recipients. The names are part of the API (README, `openapi.yaml`).
+/// Why a task is paused: SES refuses every email of the account, whoever it is to (the task
+/// pauses instead of failing its recipients), or a caller asked for it. The names are part of
+/// the API (README, `openapi.yaml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PauseCode {
@@ -184,10 +185,12 @@ pub enum PauseCode {
     SendingPaused,
     AccountSuspended,
     DailyQuotaExceeded,
+    /// A caller paused it (`POST /newsletters/{task_id}/pause`): nothing is wrong.
+    Requested,
 }
 
 impl PauseCode {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::SenderNotVerified,
         Self::RecipientNotVerified,
         Self::AccessDenied,
@@ -195,6 +198,7 @@ impl PauseCode {
         Self::SendingPaused,
         Self::AccountSuspended,
         Self::DailyQuotaExceeded,
+        Self::Requested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -206,6 +210,7 @@ impl PauseCode {
             Self::SendingPaused => "sending_paused",
             Self::AccountSuspended => "account_suspended",
             Self::DailyQuotaExceeded => "daily_quota_exceeded",
+            Self::Requested => "requested",
         }
     }
 
@@ -236,6 +241,9 @@ impl PauseCode {
             }
             Self::DailyQuotaExceeded => {
                 "the SES account's 24-hour sending quota is used up: resume when it has room again, or raise it"
+            }
+            Self::Requested => {
+                "paused through POST /newsletters/{task_id}/pause; resume it with POST /newsletters/{task_id}/resume"
             }
         }
     }

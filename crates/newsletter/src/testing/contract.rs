@@ -41,6 +41,7 @@ macro_rules! store_contract {
             chunks_closing_at_once_count_every_recipient,
             idempotency_keys_are_reserved_once,
             topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan,
+            a_task_pauses_before_it_is_finished_and_never_after,
             a_paused_task_parks_its_chunks_until_it_is_resumed,
             a_withdrawn_task_is_never_planned,
             an_abandoned_key_is_taken_over_once,
@@ -643,15 +644,62 @@ pub async fn topics_that_match_nobody_show_on_the_task_and_in_its_stored_plan(st
     }
 }
 
-pub async fn a_paused_task_parks_its_chunks_until_it_is_resumed(store: &impl Store) {
+pub async fn a_task_pauses_before_it_is_finished_and_never_after(store: &impl Store) {
+    // Accepted: a caller may pause a task before the worker has planned anything of it.
     let accepted = new_task(store).await;
+    assert!(store.pause(accepted, PauseCode::Requested).await.unwrap());
+    assert_eq!(task(store, accepted).await.status, TaskStatus::Paused);
+    // Planning goes on under the overlay, from accepted too.
+    store
+        .record_page(accepted, plan(0, &[1], 1, true))
+        .await
+        .unwrap();
+    assert!(store.unpause(accepted).await.unwrap());
+    let resumed = task(store, accepted).await;
+    assert_eq!(resumed.recipients.planned, 1, "counted while paused");
+    assert!(
+        !resumed.status.is_finished() && resumed.status != TaskStatus::Paused,
+        "planned under the pause, running after it: {:?}",
+        resumed.status
+    );
+
+    let finished = planned_task(store, 1).await;
+    assert!(store.finish(finished, TaskStatus::Completed).await.unwrap());
+    assert!(
+        !store.pause(finished, PauseCode::Requested).await.unwrap(),
+        "a finished task does not pause"
+    );
+    assert_eq!(task(store, finished).await.status, TaskStatus::Completed);
+    let withdrawn = new_task(store).await;
+    store.withdraw(withdrawn).await.unwrap();
+    assert!(
+        !store.pause(withdrawn, PauseCode::Requested).await.unwrap(),
+        "a withdrawn task does not pause"
+    );
     assert!(
         !store
-            .pause(accepted, PauseCode::SendingPaused)
+            .pause(TaskId::generate(), PauseCode::Requested)
             .await
             .unwrap(),
-        "only a planning or sending task pauses"
+        "a task without a record does not pause"
     );
+
+    // A pause that lands just before the task finishes does not outlive it: the final status
+    // shows, not a pause nobody can end.
+    let finishing = planned_task(store, 1).await;
+    assert!(store.pause(finishing, PauseCode::Requested).await.unwrap());
+    assert!(
+        store
+            .finish(finishing, TaskStatus::Completed)
+            .await
+            .unwrap()
+    );
+    let done = task(store, finishing).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.pause, None);
+}
+
+pub async fn a_paused_task_parks_its_chunks_until_it_is_resumed(store: &impl Store) {
     let task_id = new_task(store).await;
     store
         .record_page(task_id, plan(0, &[2, 2], 4, false))

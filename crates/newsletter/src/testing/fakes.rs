@@ -493,6 +493,7 @@ impl TaskStore for MemoryStore {
             return Ok(false);
         }
         task.record.status = status;
+        task.pause = None;
         Ok(true)
     }
 
@@ -504,6 +505,7 @@ impl TaskStore for MemoryStore {
         Ok(match task.record.status {
             TaskStatus::Accepted | TaskStatus::Withdrawn => {
                 task.record.status = TaskStatus::Withdrawn;
+                task.pause = None;
                 Withdrawal::Withdrawn
             }
             _ => Withdrawal::Started,
@@ -835,7 +837,7 @@ impl PauseStore for MemoryStore {
         };
         let active = matches!(
             task.record.status,
-            TaskStatus::Planning | TaskStatus::Sending
+            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
         );
         if task.pause.is_some() || !active {
             return Ok(false);
