@@ -44,7 +44,7 @@ async fn call(app: &TestApp, method: &str, path: &str) -> (u16, String, Value) {
 async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly_once() {
     let settings = Settings {
         audience: mixed_audience(),
-        ..Settings::default()
+        ..Settings::local().expect("template.yaml gives the local settings")
     };
     let app = spawn_app_sending_at(settings, EMAILS_PER_SECOND).await;
     let accepted = app.accept.handle(post_request(&newsletter_body())).await;
