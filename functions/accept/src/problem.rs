@@ -49,6 +49,22 @@ impl Problem {
         }
     }
 
+    /// A dependency failed: `503`, with how soon a retry may succeed.
+    fn unavailable(slug: &str, detail: String) -> Self {
+        Self {
+            headers: vec![(
+                header::RETRY_AFTER,
+                UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+            )],
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                slug,
+                "Service Unavailable",
+                detail,
+            )
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         json_response(
             self.status,
@@ -133,28 +149,16 @@ impl From<AcceptError> for Problem {
                     detail,
                 )
             },
-            AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_)) => Problem {
-                headers: vec![(
-                    header::RETRY_AFTER,
-                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
-                )],
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+            AcceptError::Submit(SubmitError::Queue(_) | SubmitError::Store(_)) => {
+                Problem::unavailable(
                     "queue-unavailable",
-                    "Service Unavailable",
                     "the newsletter could not be queued and was not accepted; retry later".into(),
                 )
-            },
+            }
             AcceptError::Submit(SubmitError::InDoubt { task_id, .. }) => Problem {
-                headers: vec![(
-                    header::RETRY_AFTER,
-                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
-                )],
                 task_id: Some(task_id),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                ..Problem::unavailable(
                     "queue-unconfirmed",
-                    "Service Unavailable",
                     format!(
                         "the queue did not confirm the newsletter, and whether it goes ahead is \
                          not known yet; GET {NEWSLETTERS_PATH}/{task_id} tells (withdrawn: it \
@@ -180,34 +184,18 @@ impl From<AcceptError> for Problem {
                 "Task finished",
                 detail,
             ),
-            AcceptError::Control(ControlError::Store(_)) => Problem {
-                headers: vec![(
-                    header::RETRY_AFTER,
-                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
-                )],
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    "Service Unavailable",
-                    "the task could not be read or changed; retry later (pause and resume are \
+            AcceptError::Control(ControlError::Store(_)) => Problem::unavailable(
+                "store-unavailable",
+                "the task could not be read or changed; retry later (pause and resume are \
                      safe to repeat)"
-                        .into(),
-                )
-            },
-            AcceptError::Control(ControlError::Queue(_)) => Problem {
-                headers: vec![(
-                    header::RETRY_AFTER,
-                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
-                )],
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "queue-unavailable",
-                    "Service Unavailable",
-                    "the task is resumed but some of its parked deliveries could not be queued \
+                    .into(),
+            ),
+            AcceptError::Control(ControlError::Queue(_)) => Problem::unavailable(
+                "queue-unavailable",
+                "the task is resumed but some of its parked deliveries could not be queued \
                      again; retry the resume (it queues the rest, and nobody gets an email twice)"
-                        .into(),
-                )
-            },
+                    .into(),
+            ),
             // Not cured by a retry: a parked message this version cannot read (the log names it).
             AcceptError::Control(ControlError::UnreadableParked { .. }) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -216,18 +204,10 @@ impl From<AcceptError> for Problem {
                 "a parked delivery of the task could not be read back; the task's log says which"
                     .into(),
             ),
-            AcceptError::Status(StatusError::Store(_)) => Problem {
-                headers: vec![(
-                    header::RETRY_AFTER,
-                    UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
-                )],
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    "Service Unavailable",
-                    "the task status could not be read; retry later".into(),
-                )
-            },
+            AcceptError::Status(StatusError::Store(_)) => Problem::unavailable(
+                "store-unavailable",
+                "the task status could not be read; retry later".into(),
+            ),
         }
     }
 }
