@@ -336,11 +336,7 @@ where
             }
             ChunkOutcome::Halted(report, Halt::Paused) => {
                 log(&report, false);
-                if self.park(delivery).await? {
-                    return Ok(());
-                }
-                // Resumed since the check saw the pause: go on elsewhere.
-                self.hand_back(delivery).await
+                self.park_or_hand_back(delivery).await
             }
             ChunkOutcome::Unfinished(report) => {
                 log(&report, false);
@@ -368,10 +364,15 @@ where
                 "task paused: SES refuses sends account-wide; resume it once fixed"
             );
         }
+        self.park_or_hand_back(delivery).await
+    }
+
+    /// Parks the chunk of a paused task; if the task is no longer paused (resumed since, or
+    /// never pausable: it is finishing), the chunk goes on elsewhere.
+    async fn park_or_hand_back(&self, delivery: &Delivery) -> Result<(), WorkError> {
         if self.park(delivery).await? {
             return Ok(());
         }
-        // Resumed (or never pausable: the task is finishing) since: go on elsewhere.
         self.hand_back(delivery).await
     }
 

@@ -484,33 +484,22 @@ impl<M: Mailer> Sender<M> {
         let mut after: ChunkProgress = progress.clone();
         after.apply(&recorded);
         after.apply(&unrecorded);
-        if let Some(code) = refused {
-            with_retries(budget.hard_stop, || {
-                store.release_lease(task_id, chunk, holder, &unrecorded)
-            })
-            .await?;
-            Ok(ChunkOutcome::Refused(report, code))
-        } else if let Some(halt) = halted
-            && report.unsent > 0
-        {
-            with_retries(budget.hard_stop, || {
-                store.release_lease(task_id, chunk, holder, &unrecorded)
-            })
-            .await?;
-            Ok(ChunkOutcome::Halted(report, halt))
-        } else if report.unsent == 0 {
+        if refused.is_none() && report.unsent == 0 {
             with_retries(budget.hard_stop, || {
                 store.close(task_id, chunk, holder, &unrecorded, &after)
             })
             .await?;
-            Ok(ChunkOutcome::Finished(report))
-        } else {
-            with_retries(budget.hard_stop, || {
-                store.release_lease(task_id, chunk, holder, &unrecorded)
-            })
-            .await?;
-            Ok(ChunkOutcome::Unfinished(report))
+            return Ok(ChunkOutcome::Finished(report));
         }
+        with_retries(budget.hard_stop, || {
+            store.release_lease(task_id, chunk, holder, &unrecorded)
+        })
+        .await?;
+        Ok(match (refused, halted) {
+            (Some(code), _) => ChunkOutcome::Refused(report, code),
+            (None, Some(halt)) => ChunkOutcome::Halted(report, halt),
+            (None, None) => ChunkOutcome::Unfinished(report),
+        })
     }
 
     /// Sends to one recipient at `slot` (a turn of the rate), until SES takes or refuses the

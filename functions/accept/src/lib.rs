@@ -64,6 +64,23 @@ pub enum AcceptError {
     Control(#[from] ControlError),
 }
 
+impl AcceptError {
+    /// A dependency failed (or its data could not be read): logged as an error with its task
+    /// where it happened, where a caller's mistake is logged as a rejected request.
+    fn is_dependency_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Submit(
+                SubmitError::Queue(_) | SubmitError::Store(_) | SubmitError::InDoubt { .. }
+            ) | Self::Control(
+                ControlError::Store(_)
+                    | ControlError::Queue(_)
+                    | ControlError::UnreadableParked { .. }
+            )
+        )
+    }
+}
+
 /// What a control route asks of a task.
 #[derive(Debug, Clone, Copy)]
 enum Control {
@@ -105,16 +122,7 @@ where
             None => Err(AcceptError::NotFound),
         };
         result.unwrap_or_else(|err| {
-            if !matches!(
-                err,
-                AcceptError::Submit(
-                    SubmitError::Queue(_) | SubmitError::Store(_) | SubmitError::InDoubt { .. }
-                ) | AcceptError::Control(
-                    ControlError::Store(_)
-                        | ControlError::Queue(_)
-                        | ControlError::UnreadableParked { .. }
-                )
-            ) {
+            if !err.is_dependency_failure() {
                 tracing::info!(reason = %err, "request rejected"); // failures are logged with their task
             }
             Problem::from(err).into_response()
@@ -131,15 +139,11 @@ where
                 .map(|resumed| resumed.task),
         };
         result.map_err(|err| {
-            if matches!(
-                err,
-                ControlError::Store(_)
-                    | ControlError::Queue(_)
-                    | ControlError::UnreadableParked { .. }
-            ) {
+            let err = AcceptError::from(err);
+            if err.is_dependency_failure() {
                 tracing::error!(%task_id, ?control, error = %err, "task control failed");
             }
-            err.into()
+            err
         })
     }
 
@@ -207,26 +211,30 @@ fn accepted(task_id: TaskId) -> Response<Body> {
 }
 
 fn status(task: TaskRecord) -> Response<Body> {
-    let mut headers = vec![(header::CACHE_CONTROL, "no-store".to_owned())];
-    if !task.status.is_finished() {
-        headers.push((header::RETRY_AFTER, STATUS_RETRY_AFTER_SECS.to_string()));
-    }
-    json_response(StatusCode::OK, "application/json", &task, &headers)
+    task_response(StatusCode::OK, task, Vec::new())
 }
 
 /// A pause or resume is done: the task's status, as `GET` shows it, at its `Location`.
 fn controlled(task: TaskRecord) -> Response<Body> {
-    let mut headers = vec![
-        (
-            header::LOCATION,
-            format!("{NEWSLETTERS_PATH}/{}", task.task_id),
-        ),
-        (header::CACHE_CONTROL, "no-store".to_owned()),
-    ];
+    let location = format!("{NEWSLETTERS_PATH}/{}", task.task_id);
+    task_response(
+        StatusCode::ACCEPTED,
+        task,
+        vec![(header::LOCATION, location)],
+    )
+}
+
+/// The task's status body: never cached, and polled again after a while while it runs.
+fn task_response(
+    code: StatusCode,
+    task: TaskRecord,
+    mut headers: Vec<(header::HeaderName, String)>,
+) -> Response<Body> {
+    headers.push((header::CACHE_CONTROL, "no-store".to_owned()));
     if !task.status.is_finished() {
         headers.push((header::RETRY_AFTER, STATUS_RETRY_AFTER_SECS.to_string()));
     }
-    json_response(StatusCode::ACCEPTED, "application/json", &task, &headers)
+    json_response(code, "application/json", &task, &headers)
 }
 
 fn json_response(
