@@ -128,8 +128,8 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     let aws = local_stack::sdk_config(&endpoints).await;
     // The queue, the functions and the trigger as the template deploys them.
     let template = Template::load()?;
-    let deployment = Deployment::read(&template)?;
-    let settings = local_stack::Settings::from_template(&template)?;
+    let deployment = Deployment::read(template)?;
+    let settings = local_stack::Settings::from_template(template)?;
     let stack = local_stack::provision(&aws, &settings).await?;
     // DynamoDB Local is a JVM, slow to answer until it has compiled its code: warmed up first, so
     // that this is not counted as the functions' time (~3,000 requests here: ~2 ms each after).
@@ -154,7 +154,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         stack.dead_letter_queue_url.as_str(),
     );
     if options.runs("cold-start") {
-        let deployed = (&template, &deployment, &settings);
+        let deployed = (template, &deployment, &settings);
         rows.extend(cold_starts(options, &paths, (&endpoints, &aws), queues, deployed).await?);
         rows.extend(artifacts::rng_first_use(options.smoke).await?);
         match artifacts::criterion_figures(&paths.target)? {

@@ -229,7 +229,7 @@ pub fn worker_environment(
     .with_variable("RECIPIENT_HASH_KEY", &config.recipient_hash_key.0)
     .with_variable("FUNCTION_TIMEOUT", config.function_timeout.as_secs());
     let mut env = function_environment(
-        &Template::load()?,
+        Template::load()?,
         template::WORKER_FUNCTION,
         &locals,
         endpoints,

@@ -54,7 +54,7 @@ async fn dev() -> anyhow::Result<()> {
         lambda_port: port("LAMBDA_PORT", DEFAULT_LAMBDA_PORT)?,
         settings: Settings {
             audience: ContactList::load(&subscribers)?,
-            ..Settings::from_template(&template)?
+            ..Settings::from_template(template)?
         },
         max_send_rate: template
             .parameter_default("MaxSendRate")?
@@ -64,7 +64,7 @@ async fn dev() -> anyhow::Result<()> {
             .parameter_default("WorkerMaxConcurrency")?
             .parse()
             .context("WorkerMaxConcurrency's Default")?,
-        trigger: Trigger::from_template(&template)?,
+        trigger: Trigger::from_template(template)?,
         reload_on_change: true,
         log_path: root.join(".dev/functions.log"),
     };

@@ -49,7 +49,7 @@ impl Settings {
     /// [`Settings::from_template`] on the repository's `template.yaml`: the local settings the
     /// tests and `make dev` start from.
     pub fn local() -> anyhow::Result<Self> {
-        Self::from_template(&Template::load()?)
+        Self::from_template(Template::load()?)
     }
 }
 

@@ -72,7 +72,7 @@ impl LocalStack {
         let aws = crate::sdk_config(&endpoints).await;
         let provisioned = crate::provision(&aws, &options.settings).await?;
 
-        let env = functions_environment(&template, &options, &provisioned, &endpoints)?;
+        let env = functions_environment(template, &options, &provisioned, &endpoints)?;
         let sweep_event = template
             .function(template::WORKER_FUNCTION)?
             .schedule_input(template::DEAD_LETTER_SWEEP_EVENT)?;
@@ -210,10 +210,10 @@ mod tests {
             aws_port: 0,
             dynamodb: DynamoDb::Shared,
             lambda_port: 0,
-            settings: Settings::from_template(&template).unwrap(),
+            settings: Settings::from_template(template).unwrap(),
             max_send_rate: 25.0,
             max_concurrency: 3,
-            trigger: Trigger::from_template(&template).unwrap(),
+            trigger: Trigger::from_template(template).unwrap(),
             reload_on_change: false,
             log_path: PathBuf::new(),
         };
@@ -225,7 +225,7 @@ mod tests {
             aws: "http://127.0.0.1:1".into(),
             dynamodb: "http://127.0.0.1:2".into(),
         };
-        let env = functions_environment(&template, &options, &provisioned, &endpoints).unwrap();
+        let env = functions_environment(template, &options, &provisioned, &endpoints).unwrap();
         for function in [template::ACCEPT_FUNCTION, template::WORKER_FUNCTION] {
             for name in template
                 .function(function)

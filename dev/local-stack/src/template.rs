@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_yaml::{Mapping, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The worker function's logical id.
@@ -40,9 +41,15 @@ impl Template {
         crate::repository_root().join("template.yaml")
     }
 
-    /// Reads and parses the repository's `template.yaml`.
-    pub fn load() -> anyhow::Result<Self> {
-        Self::load_from(&Self::path())
+    /// The repository's `template.yaml`, read and parsed once per process: the tests and the
+    /// bench ask for it at every provisioning and every function's environment.
+    pub fn load() -> anyhow::Result<&'static Self> {
+        static REPOSITORY: OnceLock<Template> = OnceLock::new();
+        if let Some(template) = REPOSITORY.get() {
+            return Ok(template);
+        }
+        let template = Self::load_from(&Self::path())?;
+        Ok(REPOSITORY.get_or_init(|| template))
     }
 
     pub fn load_from(path: &Path) -> anyhow::Result<Self> {

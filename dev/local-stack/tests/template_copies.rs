@@ -11,7 +11,7 @@ use local_stack::{Endpoints, LocalResources};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn template() -> Template {
+fn template() -> &'static Template {
     Template::load().unwrap_or_else(|err| panic!("{err:#}"))
 }
 
@@ -49,7 +49,7 @@ fn the_worker_s_default_function_timeout_is_the_template_s_timeout() {
         .and_then(|worker| worker.timeout())
         .unwrap_or_else(|err| panic!("{err:#}"));
     let told = Duration::from_secs(
-        deployed(&template, "FUNCTION_TIMEOUT")
+        deployed(template, "FUNCTION_TIMEOUT")
             .parse()
             .expect("FUNCTION_TIMEOUT is whole seconds"),
     );
@@ -67,7 +67,7 @@ fn the_worker_s_default_function_timeout_is_the_template_s_timeout() {
 #[test]
 fn the_worker_s_default_send_rate_is_the_template_s_max_send_rate_default() {
     let template = template();
-    let in_template = deployed(&template, "MAX_SEND_RATE");
+    let in_template = deployed(template, "MAX_SEND_RATE");
     let default = worker::Config::DEFAULT_MAX_SEND_RATE;
     assert!(
         in_template.parse::<f64>().ok() == Some(default),
@@ -80,7 +80,7 @@ fn the_worker_s_default_send_rate_is_the_template_s_max_send_rate_default() {
 #[test]
 fn the_worker_s_default_concurrency_is_the_template_s_worker_max_concurrency_default() {
     let template = template();
-    let in_template = deployed(&template, "MAX_CONCURRENCY");
+    let in_template = deployed(template, "MAX_CONCURRENCY");
     let default = worker::Config::DEFAULT_MAX_CONCURRENCY;
     assert!(
         in_template.parse::<u32>().ok() == Some(default),
@@ -122,7 +122,7 @@ fn every_variable_of_the_template_reaches_the_local_functions() {
             .and_then(|function| function.variable_names())
             .unwrap_or_else(|err| panic!("{err:#}"));
         let env: BTreeMap<String, String> = local_stack::function_environment(
-            &template,
+            template,
             function,
             &resources().locals(),
             &endpoints(),
@@ -137,7 +137,7 @@ fn every_variable_of_the_template_reaches_the_local_functions() {
         assert_eq!(env["AWS_ENDPOINT_URL"], "http://127.0.0.1:1", "{function}");
     }
     let env: BTreeMap<String, String> = local_stack::function_environment(
-        &template,
+        template,
         template::WORKER_FUNCTION,
         &resources().locals(),
         &endpoints(),
@@ -224,7 +224,7 @@ fn the_local_settings_are_the_template_s() {
         .function(template::WORKER_FUNCTION)
         .and_then(|worker| worker.sqs_event(template::JOBS_EVENT))
         .unwrap();
-    let trigger = local_stack::event_source::Trigger::from_template(&template).unwrap();
+    let trigger = local_stack::event_source::Trigger::from_template(template).unwrap();
     assert_eq!(trigger.batch_size as u32, event.batch_size);
     assert_eq!(trigger.batching_window, event.batching_window);
 }
