@@ -12,7 +12,7 @@ use aws_sdk_sesv2::{
     },
 };
 use newsletter::audience::{Contact, Subscription, TopicDefaults};
-use newsletter::domain::{EmailAddress, PauseCode, Topic};
+use newsletter::domain::{EmailAddress, PauseCode, TaskId, Topic};
 use newsletter::ports::{ContactDirectory, ContactPage, DirectoryError, Mailer, SendError};
 use newsletter::render::RenderedEmail;
 use std::time::Duration;
@@ -193,6 +193,7 @@ fn utf8(data: &str) -> Result<Content, SendError> {
 impl Mailer for SesMailer {
     async fn send(
         &self,
+        task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,
@@ -223,7 +224,7 @@ impl Mailer for SesMailer {
             .email_tags(
                 MessageTag::builder()
                     .name("task_id")
-                    .value(email.task_id.to_string())
+                    .value(task_id.to_string())
                     .build()
                     .map_err(|err| SendError::Permanent(err.to_string()))?,
             )

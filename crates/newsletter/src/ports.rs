@@ -140,9 +140,13 @@ pub enum SendError {
 /// - `send` MUST NOT retry by itself: the caller paces, retries within its deadline and records
 ///   who was sent what.
 /// - Error texts MUST NOT carry the recipient's address (logs name recipients by a keyed hash).
+/// - The send MUST carry `task_id` where the service's events show it (SES: the `task_id`
+///   message tag), so a sent email traces back to its task; nothing of it goes into the email's
+///   content, which is the same for every task ([`RenderedEmail`]).
 pub trait Mailer: Send + Sync {
     fn send(
         &self,
+        task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,

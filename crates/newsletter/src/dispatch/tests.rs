@@ -832,6 +832,7 @@ struct WindowCheckingMailer {
 impl Mailer for WindowCheckingMailer {
     async fn send(
         &self,
+        _: TaskId,
         _: &EmailAddress,
         _: &RenderedEmail,
         _: Option<&Topic>,

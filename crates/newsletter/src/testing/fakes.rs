@@ -241,6 +241,7 @@ impl RecordingMailer {
 impl Mailer for RecordingMailer {
     async fn send(
         &self,
+        _task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,
