@@ -6,6 +6,7 @@ use crate::worker::{mixed_audience, newsletter_body};
 use lambda_http::{Body, Request, RequestExt, http};
 use local_stack::Settings;
 use newsletter::TaskId;
+use newsletter::domain::TaskKind;
 use newsletter::ports::TaskStore;
 use newsletter::sending::CONTROL_CHECK_INTERVAL;
 use serde_json::Value;
@@ -125,7 +126,7 @@ async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly
 async fn control_routes_answer_problems_for_unknown_finished_malformed_and_wrong_methods() {
     let app = spawn_app().await;
     let finished = TaskId::generate();
-    app.store.create(finished).await.unwrap();
+    app.store.create(finished, TaskKind::Newsletter).await.unwrap();
     app.store.withdraw(finished).await.unwrap();
     for action in ["pause", "resume"] {
         let cases = [

@@ -8,6 +8,7 @@ use local_stack::event_source::Invoke;
 use local_stack::subscribers::ContactList;
 use local_stack::{Settings, repository_root};
 use newsletter::message::Message;
+use newsletter::domain::TaskKind;
 use newsletter::ports::TaskStore;
 
 /// API Gateway and function URL requests for `accept`, and the status each must get.
@@ -73,7 +74,7 @@ async fn every_file_in_events_is_covered_here() {
 async fn http_events_get_their_answers_and_only_202s_enqueue() {
     let app = spawn_app().await;
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .unwrap();
     let mut accepted = Vec::new();
@@ -163,7 +164,7 @@ async fn sqs_events_report_exactly_their_poison_messages() {
         "and nothing was planned for it"
     );
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .expect("the samples' task is recorded");
     for (file, poison) in SQS_EVENTS {
@@ -202,7 +203,7 @@ async fn a_resume_event_answers_what_it_did_and_names_an_unknown_task() {
         "a task nobody recorded is an error for the operator"
     );
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .unwrap();
     let answer = app.worker.invoke_json(&event).await.unwrap();

@@ -185,6 +185,8 @@ ROUTES = {
     "GET /newsletters/{task_id}": "AcceptFunction",
     "POST /newsletters/{task_id}/pause": "AcceptFunction",
     "POST /newsletters/{task_id}/resume": "AcceptFunction",
+    "POST /newsletters/test": "AcceptFunction",
+    "POST /newsletters/preview": "AcceptFunction",
 }
 
 

@@ -3,7 +3,7 @@
 //! Input is never trusted as markup: titles and the subject are escaped by the template engine,
 //! raw HTML inside Markdown is turned into visible text, and links may only be http(s) or mailto.
 
-use crate::domain::{MarkdownBody, Newsletter, Topic};
+use crate::domain::{MarkdownBody, Newsletter, Section, Topic};
 use askama::Template;
 use pulldown_cmark::{CowStr, Event, LinkType, Options, Parser, Tag, TagEnd};
 
@@ -33,11 +33,7 @@ struct HtmlSection<'a> {
 
 /// Renders the newsletter for a subscriber of `topics`: its sections on those topics, in order.
 pub fn render(newsletter: &Newsletter, topics: &[Topic]) -> RenderedEmail {
-    let sections: Vec<_> = newsletter
-        .sections()
-        .iter()
-        .filter(|section| topics.contains(&section.topic))
-        .collect();
+    let sections: Vec<_> = sections_for(newsletter, topics).collect();
     let subject = newsletter.subject().as_str();
 
     let html = HtmlEmail {
@@ -69,6 +65,17 @@ pub fn render(newsletter: &Newsletter, topics: &[Topic]) -> RenderedEmail {
         html,
         text: text.trim_end().to_owned() + "\n",
     }
+}
+
+/// The sections of the newsletter a subscriber of `topics` gets, in order.
+pub fn sections_for<'a>(
+    newsletter: &'a Newsletter,
+    topics: &'a [Topic],
+) -> impl Iterator<Item = &'a Section> {
+    newsletter
+        .sections()
+        .iter()
+        .filter(|section| topics.contains(&section.topic))
 }
 
 fn parser(markdown: &MarkdownBody) -> impl Iterator<Item = Event<'_>> {

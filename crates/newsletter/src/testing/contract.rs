@@ -6,7 +6,9 @@
 //! Each scenario takes a fresh store and panics, naming what broke, if the store breaks the
 //! contract. [`store_contract!`](crate::store_contract) turns them into one test each.
 
-use crate::domain::{EmailAddress, PartFailure, PauseCode, Recipients, TaskId, TaskStatus, Topic};
+use crate::domain::{
+    EmailAddress, PartFailure, PauseCode, Recipients, TaskId, TaskKind, TaskStatus, Topic,
+};
 use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::ports::{
@@ -45,6 +47,7 @@ macro_rules! store_contract {
             a_paused_task_parks_its_chunks_until_it_is_resumed,
             a_withdrawn_task_is_never_planned,
             an_abandoned_key_is_taken_over_once,
+            a_task_keeps_its_kind,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -108,7 +111,7 @@ fn settled(sent: &[u16], rejected: &[u16]) -> Settled {
 
 async fn new_task(store: &impl Store) -> TaskId {
     let task_id = TaskId::generate();
-    store.create(task_id).await.expect("a task is created");
+    store.create(task_id, TaskKind::Newsletter).await.expect("a task is created");
     task_id
 }
 
@@ -163,7 +166,7 @@ pub async fn tasks_are_created_once_and_read_back(store: &impl Store) {
     assert!(!record.planning_done && record.failures.is_empty());
     // Task ids are fresh per request: creating one again is a retry after a lost answer.
     store
-        .create(task_id)
+        .create(task_id, TaskKind::Newsletter)
         .await
         .expect("a retried create succeeds");
     assert_eq!(task(store, task_id).await, record, "and changes nothing");
@@ -880,4 +883,13 @@ pub async fn an_abandoned_key_is_taken_over_once(store: &impl Store) {
             .unwrap(),
         "a queued key is not taken over"
     );
+}
+
+/// A test send's task reads back as one; a newsletter's as a newsletter.
+pub async fn a_task_keeps_its_kind(store: &impl Store) {
+    let newsletter = new_task(store).await;
+    let test = TaskId::generate();
+    store.create(test, TaskKind::Test).await.expect("a task is created");
+    assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
+    assert_eq!(task(store, test).await.kind, TaskKind::Test);
 }
