@@ -29,6 +29,10 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     // The sample task's pause and resume (the test records the task first): its status, no job.
     ("http-api-pause.json", 202),
     ("http-api-resume.json", 202),
+    // A test send to a subscriber and an address not in the list: a job of its own.
+    ("http-api-test-send.json", 202),
+    // The email a subscriber would get: no job.
+    ("http-api-preview.json", 200),
 ];
 
 /// The HTTP events that control the sample task rather than accept a newsletter.
@@ -101,6 +105,9 @@ async fn http_events_get_their_answers_and_only_202s_enqueue() {
             assert_eq!(body["status"], expected, "{file}");
         } else if *status == 202 {
             accepted.push(body["task_id"].as_str().unwrap().to_owned());
+        } else if *status == 200 {
+            assert_eq!(body["as"], "linus@example.com", "{file}: a preview");
+            assert_eq!(body["sections"][0]["topic"], "aws", "{file}: linus's topic");
         } else {
             assert_eq!(body["status"], *status, "{file}: a problem+json body");
         }
