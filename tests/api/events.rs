@@ -107,7 +107,7 @@ async fn http_events_get_their_answers_and_only_202s_enqueue() {
             accepted.push(body["task_id"].as_str().unwrap().to_owned());
         } else if *status == 200 {
             assert_eq!(body["as"], "linus@example.com", "{file}: a preview");
-            assert_eq!(body["sections"][0]["topic"], "aws", "{file}: linus's topic");
+            assert!(body["html"].is_string(), "{file}: the email");
         } else {
             assert_eq!(body["status"], *status, "{file}: a problem+json body");
         }
