@@ -126,7 +126,10 @@ async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly
 async fn control_routes_answer_problems_for_unknown_finished_malformed_and_wrong_methods() {
     let app = spawn_app().await;
     let finished = TaskId::generate();
-    app.store.create(finished, TaskKind::Newsletter).await.unwrap();
+    app.store
+        .create(finished, TaskKind::Newsletter)
+        .await
+        .unwrap();
     app.store.withdraw(finished).await.unwrap();
     for action in ["pause", "resume"] {
         let cases = [

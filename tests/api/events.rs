@@ -7,8 +7,8 @@ use lambda_http::{Context, LambdaEvent, request::LambdaRequest};
 use local_stack::event_source::Invoke;
 use local_stack::subscribers::ContactList;
 use local_stack::{Settings, repository_root};
-use newsletter::message::Message;
 use newsletter::domain::TaskKind;
+use newsletter::message::Message;
 use newsletter::ports::TaskStore;
 
 /// API Gateway and function URL requests for `accept`, and the status each must get.

@@ -355,9 +355,7 @@ impl TestApp {
     /// `SendMessage` answers); the store is the app's.
     ///
     /// [`SqsProxy`]: local_stack::sqs_proxy::SqsProxy
-    pub async fn accept_behind_sqs_proxy(
-        &self,
-    ) -> (Accept, local_stack::sqs_proxy::SqsProxy) {
+    pub async fn accept_behind_sqs_proxy(&self) -> (Accept, local_stack::sqs_proxy::SqsProxy) {
         let proxy = local_stack::sqs_proxy::SqsProxy::start(&self.endpoint)
             .await
             .expect("the SQS proxy starts");
@@ -371,7 +369,10 @@ impl TestApp {
         .timeout_config(::accept::sdk_timeouts())
         .build();
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), &self.stack.queue_url);
-        (App::new(queue, self.store.clone(), self.contact_list()), proxy)
+        (
+            App::new(queue, self.store.clone(), self.contact_list()),
+            proxy,
+        )
     }
 
     /// The contact list as accept reads it.

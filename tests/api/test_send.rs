@@ -83,15 +83,30 @@ async fn a_test_send_reaches_exactly_its_deliverable_addresses_with_their_sectio
         [OUTSIDER, AWS_ONLY],
         "nobody else in the list, not the unsubscribed address"
     );
-    assert_eq!(email_to(&emails, AWS_ONLY).section_titles(), ["Lambda news"]);
+    assert_eq!(
+        email_to(&emails, AWS_ONLY).section_titles(),
+        ["Lambda news"]
+    );
     assert_eq!(
         email_to(&emails, OUTSIDER).section_titles(),
-        ["Rust 1.95 released", "Lambda news", "Nobody follows this", "Crate of the week"],
+        [
+            "Rust 1.95 released",
+            "Lambda news",
+            "Nobody follows this",
+            "Crate of the week"
+        ],
         "an address not in the list gets every section"
     );
     for email in &emails {
-        assert_eq!(email.task_id(), Some(task_id.as_str()), "tagged with its task");
-        assert_eq!(email.subject, "Weekly digest", "not marked: what subscribers get");
+        assert_eq!(
+            email.task_id(),
+            Some(task_id.as_str()),
+            "tagged with its task"
+        );
+        assert_eq!(
+            email.subject, "Weekly digest",
+            "not marked: what subscribers get"
+        );
     }
 
     let response = app
@@ -122,13 +137,21 @@ async fn a_preview_is_byte_for_byte_the_email_the_worker_sends() {
     let emails = app.sent_emails().await;
 
     for address in [RUST_AND_AWS, OUTSIDER] {
-        let (status, preview) =
-            post(&app, "/newsletters/preview", body_with(json!({"as": address}))).await;
+        let (status, preview) = post(
+            &app,
+            "/newsletters/preview",
+            body_with(json!({"as": address})),
+        )
+        .await;
         assert_eq!(status, 200, "{preview}");
         let sent = email_to(&emails, address);
         assert_eq!(preview["as"], address);
         assert_eq!(preview["subject"].as_str(), Some(sent.subject.as_str()));
-        assert_eq!(preview["html"].as_str(), Some(sent.body.as_str()), "{address}");
+        assert_eq!(
+            preview["html"].as_str(),
+            Some(sent.body.as_str()),
+            "{address}"
+        );
         assert_eq!(preview["text"].as_str(), sent.text.as_deref(), "{address}");
         let titles: Vec<&str> = preview["sections"]
             .as_array()
@@ -140,15 +163,22 @@ async fn a_preview_is_byte_for_byte_the_email_the_worker_sends() {
     }
     // Without "as": every section, as the address not in the list got it.
     let (_, everything) = post(&app, "/newsletters/preview", newsletter_body()).await;
-    assert_eq!(everything["html"].as_str(), Some(email_to(&emails, OUTSIDER).body.as_str()));
+    assert_eq!(
+        everything["html"].as_str(),
+        Some(email_to(&emails, OUTSIDER).body.as_str())
+    );
     assert!(everything.get("as").is_none());
 }
 
 #[tokio::test]
 async fn a_preview_as_a_contact_who_gets_nothing_says_why_and_sends_nothing() {
     let app = app().await;
-    let (status, preview) =
-        post(&app, "/newsletters/preview", body_with(json!({"as": UNSUBSCRIBED}))).await;
+    let (status, preview) = post(
+        &app,
+        "/newsletters/preview",
+        body_with(json!({"as": UNSUBSCRIBED})),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(
         preview,
@@ -169,23 +199,112 @@ async fn a_preview_as_a_contact_who_gets_nothing_says_why_and_sends_nothing() {
 async fn the_new_routes_answer_their_4xx_with_problems_and_queue_nothing() {
     let app = app().await;
     let cases = [
-        ("POST", "/newsletters/test", "application/json", body_with(json!({"to": []})), 422, "validation-failed", Some("#/to")),
-        ("POST", "/newsletters/test", "application/json", body_with(json!({"to": ["a@x.io", "nope"]})), 422, "validation-failed", Some("#/to/1")),
-        ("POST", "/newsletters/test", "application/json", newsletter_body(), 422, "validation-failed", Some("#/to")),
-        ("POST", "/newsletters/test", "text/plain", body_with(json!({"to": [OUTSIDER]})), 415, "unsupported-media-type", None),
-        ("POST", "/newsletters/test", "application/json", "{".to_owned(), 400, "malformed-json", None),
-        ("GET", "/newsletters/test", "application/json", String::new(), 405, "method-not-allowed", None),
-        ("POST", "/newsletters/preview", "application/json", body_with(json!({"as": "nope"})), 422, "validation-failed", Some("#/as")),
-        ("POST", "/newsletters/preview", "text/plain", newsletter_body(), 415, "unsupported-media-type", None),
-        ("POST", "/newsletters/preview", "application/json", "[1,".to_owned(), 400, "malformed-json", None),
-        ("GET", "/newsletters/preview", "application/json", String::new(), 405, "method-not-allowed", None),
+        (
+            "POST",
+            "/newsletters/test",
+            "application/json",
+            body_with(json!({"to": []})),
+            422,
+            "validation-failed",
+            Some("#/to"),
+        ),
+        (
+            "POST",
+            "/newsletters/test",
+            "application/json",
+            body_with(json!({"to": ["a@x.io", "nope"]})),
+            422,
+            "validation-failed",
+            Some("#/to/1"),
+        ),
+        (
+            "POST",
+            "/newsletters/test",
+            "application/json",
+            newsletter_body(),
+            422,
+            "validation-failed",
+            Some("#/to"),
+        ),
+        (
+            "POST",
+            "/newsletters/test",
+            "text/plain",
+            body_with(json!({"to": [OUTSIDER]})),
+            415,
+            "unsupported-media-type",
+            None,
+        ),
+        (
+            "POST",
+            "/newsletters/test",
+            "application/json",
+            "{".to_owned(),
+            400,
+            "malformed-json",
+            None,
+        ),
+        (
+            "GET",
+            "/newsletters/test",
+            "application/json",
+            String::new(),
+            405,
+            "method-not-allowed",
+            None,
+        ),
+        (
+            "POST",
+            "/newsletters/preview",
+            "application/json",
+            body_with(json!({"as": "nope"})),
+            422,
+            "validation-failed",
+            Some("#/as"),
+        ),
+        (
+            "POST",
+            "/newsletters/preview",
+            "text/plain",
+            newsletter_body(),
+            415,
+            "unsupported-media-type",
+            None,
+        ),
+        (
+            "POST",
+            "/newsletters/preview",
+            "application/json",
+            "[1,".to_owned(),
+            400,
+            "malformed-json",
+            None,
+        ),
+        (
+            "GET",
+            "/newsletters/preview",
+            "application/json",
+            String::new(),
+            405,
+            "method-not-allowed",
+            None,
+        ),
     ];
     for (method, path, content_type, body, status, kind, pointer) in cases {
-        let response = app.accept.handle(request(method, path, content_type, body)).await;
+        let response = app
+            .accept
+            .handle(request(method, path, content_type, body))
+            .await;
         assert_eq!(response.status().as_u16(), status, "{method} {path} {kind}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         let problem = json_body(&response);
-        assert_eq!(problem["type"], format!("urn:newsletter-dispatch:problem:{kind}"));
+        assert_eq!(
+            problem["type"],
+            format!("urn:newsletter-dispatch:problem:{kind}")
+        );
         assert_eq!(problem["status"], status);
         if let Some(pointer) = pointer {
             assert_eq!(problem["errors"][0]["pointer"], pointer, "{method} {path}");

@@ -252,7 +252,11 @@ mod tests {
         let selected = audience.select_address(&address, Some(&picky)).unwrap();
         assert_eq!(selected.email, address);
         assert_eq!(
-            selected.topics.iter().map(Topic::as_str).collect::<Vec<_>>(),
+            selected
+                .topics
+                .iter()
+                .map(Topic::as_str)
+                .collect::<Vec<_>>(),
             ["rust", "go"]
         );
         let mut unsubscribed = contact(&[("go", OptIn)]);
@@ -279,7 +283,11 @@ mod tests {
         let selected = audience.select_address(&address, None).unwrap();
         assert_eq!(selected.email, address);
         assert_eq!(
-            selected.topics.iter().map(Topic::as_str).collect::<Vec<_>>(),
+            selected
+                .topics
+                .iter()
+                .map(Topic::as_str)
+                .collect::<Vec<_>>(),
             ["rust", "aws", "cobol"]
         );
     }
@@ -309,7 +317,10 @@ mod tests {
             .unwrap();
         assert_eq!(selected[0], Err(Skip::UnsubscribedFromAll));
         assert_eq!(selected[1].as_ref().unwrap().email, addresses[1]);
-        assert!(directory.requests.lock().unwrap().is_empty(), "no page read");
+        assert!(
+            directory.requests.lock().unwrap().is_empty(),
+            "no page read"
+        );
 
         let failing = PagedDirectory {
             fail: true,

@@ -278,7 +278,13 @@ where
     /// A test send's one page: its addresses, each looked up in the list (never a page of it).
     async fn plan_test(&self, job: &Job, to: &[EmailAddress]) -> Result<PagePlan, WorkError> {
         let (audience, selected) = select_addresses(&self.directory, &job.newsletter, to).await?;
-        let plan = plan_selected(job, &audience, selected, None, self.max_recipients_per_chunk);
+        let plan = plan_selected(
+            job,
+            &audience,
+            selected,
+            None,
+            self.max_recipients_per_chunk,
+        );
         tracing::info!(
             addresses = plan.contacts,
             recipients = plan.recipients(),

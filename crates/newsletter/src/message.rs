@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(value["kind"], "job");
         assert_eq!(value["task_id"], job.task_id().to_string());
         assert!(value.get("cursor").is_none());
-        assert!(value.get("to").is_none(), "a newsletter's job reads as before test sends");
+        assert!(
+            value.get("to").is_none(),
+            "a newsletter's job reads as before test sends"
+        );
         assert_eq!(Message::decode(&encoded).unwrap(), job);
     }
 

@@ -48,8 +48,7 @@ pub async fn preview<D: ContactDirectory>(
     let topics = match &address {
         Some(address) => {
             let selection = select_addresses(directory, &newsletter, std::slice::from_ref(address));
-            let (_, mut selected) =
-                bounded(deadline.calls_end, selection, DirectoryError).await?;
+            let (_, mut selected) = bounded(deadline.calls_end, selection, DirectoryError).await?;
             selected
                 .pop()
                 .unwrap_or(Err(Skip::NoTopicOfInterest))
@@ -77,7 +76,10 @@ fn parse_as(value: Option<&Value>) -> Result<Option<EmailAddress>, Vec<FieldErro
     match value.as_str().map(EmailAddress::parse) {
         Some(Ok(address)) => Ok(Some(address)),
         Some(Err(invalid)) => Err(vec![field_error("/as", invalid.0)]),
-        None => Err(vec![field_error("/as", "must be a string: an email address")]),
+        None => Err(vec![field_error(
+            "/as",
+            "must be a string: an email address",
+        )]),
     }
 }
 
@@ -90,14 +92,15 @@ mod tests {
     use serde_json::json;
 
     fn directory() -> PagedDirectory {
-        let contact = |email: &str, unsubscribe_all, preferences: &[(&str, Subscription)]| Contact {
-            email: email.into(),
-            unsubscribe_all,
-            preferences: preferences
-                .iter()
-                .map(|(topic, s)| (topic.to_string(), *s))
-                .collect(),
-        };
+        let contact =
+            |email: &str, unsubscribe_all, preferences: &[(&str, Subscription)]| Contact {
+                email: email.into(),
+                unsubscribe_all,
+                preferences: preferences
+                    .iter()
+                    .map(|(topic, s)| (topic.to_string(), *s))
+                    .collect(),
+            };
         PagedDirectory {
             defaults: TopicDefaults(
                 [
@@ -108,7 +111,11 @@ mod tests {
             ),
             pages: vec![ContactPage {
                 contacts: vec![
-                    contact("aws@x.io", false, &[("rust", Subscription::OptOut), ("aws", Subscription::OptIn)]),
+                    contact(
+                        "aws@x.io",
+                        false,
+                        &[("rust", Subscription::OptOut), ("aws", Subscription::OptIn)],
+                    ),
                     contact("gone@x.io", true, &[]),
                 ],
                 next_token: None,
@@ -137,13 +144,19 @@ mod tests {
 
     fn titles(preview: &Preview) -> Vec<&str> {
         let previewed = preview.outcome.as_ref().unwrap();
-        previewed.sections.iter().map(|(_, title)| title.as_str()).collect()
+        previewed
+            .sections
+            .iter()
+            .map(|(_, title)| title.as_str())
+            .collect()
     }
 
     #[tokio::test]
     async fn as_a_contact_it_is_their_email_and_without_one_every_section() {
         let directory = directory();
-        let preview_as = preview(&directory, &body(json!({"as": "aws@x.io"})), &deadline()).await.unwrap();
+        let preview_as = preview(&directory, &body(json!({"as": "aws@x.io"})), &deadline())
+            .await
+            .unwrap();
         assert_eq!(titles(&preview_as), ["AWS news"]);
         let topics = [Topic::parse("aws").unwrap()];
         let document = serde_json::from_slice(&body(json!({}))).unwrap();
@@ -154,23 +167,33 @@ mod tests {
             "what the worker renders for that contact"
         );
 
-        let everything = preview(&directory, &body(json!({})), &deadline()).await.unwrap();
+        let everything = preview(&directory, &body(json!({})), &deadline())
+            .await
+            .unwrap();
         assert_eq!(everything.address, None);
         assert_eq!(titles(&everything), ["Rust news", "AWS news"]);
-        let stranger = preview(&directory, &body(json!({"as": "new@y.io"})), &deadline()).await.unwrap();
+        let stranger = preview(&directory, &body(json!({"as": "new@y.io"})), &deadline())
+            .await
+            .unwrap();
         assert_eq!(titles(&stranger), ["Rust news", "AWS news"]);
     }
 
     #[tokio::test]
     async fn a_contact_who_would_get_nothing_is_told_why() {
-        let preview = preview(&directory(), &body(json!({"as": "gone@x.io"})), &deadline()).await.unwrap();
+        let preview = preview(&directory(), &body(json!({"as": "gone@x.io"})), &deadline())
+            .await
+            .unwrap();
         assert_eq!(preview.outcome, Err(Skip::UnsubscribedFromAll));
     }
 
     #[tokio::test]
     async fn a_bad_as_or_newsletter_is_refused_and_the_list_unreachable_is_a_directory_error() {
         let directory = directory();
-        for (extra, pointer) in [(json!({"as": "nope"}), "#/as"), (json!({"as": 3}), "#/as"), (json!({"to": []}), "#/to")] {
+        for (extra, pointer) in [
+            (json!({"as": "nope"}), "#/as"),
+            (json!({"as": 3}), "#/as"),
+            (json!({"to": []}), "#/to"),
+        ] {
             let Err(PreviewError::Request(RequestError::Invalid(errors))) =
                 preview(&directory, &body(extra), &deadline()).await
             else {
@@ -182,12 +205,19 @@ mod tests {
             preview(&directory, b"{", &deadline()).await,
             Err(PreviewError::Request(RequestError::Malformed(_)))
         ));
-        let failing = PagedDirectory { fail: true, ..Default::default() };
+        let failing = PagedDirectory {
+            fail: true,
+            ..Default::default()
+        };
         assert!(matches!(
             preview(&failing, &body(json!({"as": "a@x.io"})), &deadline()).await,
             Err(PreviewError::Directory(_))
         ));
         // Without "as", the list is not asked.
-        assert!(preview(&failing, &body(json!({})), &deadline()).await.is_ok());
+        assert!(
+            preview(&failing, &body(json!({})), &deadline())
+                .await
+                .is_ok()
+        );
     }
 }

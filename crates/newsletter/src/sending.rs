@@ -528,7 +528,8 @@ impl<M: Mailer> Sender<M> {
             }
             let answer = tokio::time::timeout(
                 budget.send_timeout,
-                self.mailer.send(delivery.task_id, &recipient.email, &email, topic),
+                self.mailer
+                    .send(delivery.task_id, &recipient.email, &email, topic),
             )
             .await
             .unwrap_or_else(|_| Err(SendError::Transient("no answer in time".into())));

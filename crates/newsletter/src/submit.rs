@@ -185,8 +185,7 @@ where
     S: TaskStore + IdempotencyStore,
 {
     let document = parse_document(body)?;
-    let (newsletter, to) =
-        parse_beside(&document, "to", |to| TestRecipients::from_json(to, "to"))?;
+    let (newsletter, to) = parse_beside(&document, "to", |to| TestRecipients::from_json(to, "to"))?;
     queue_job(queue, store, newsletter, Some(to), key, deadline).await
 }
 

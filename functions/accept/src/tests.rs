@@ -7,16 +7,18 @@ use newsletter::TaskId;
 use newsletter::domain::TaskStatus;
 use newsletter::message::Message;
 use newsletter::ports::{PauseStore, QueueError, TaskStore};
-use newsletter::testing::fakes::{
-    Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingQueue,
-};
+use newsletter::testing::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingQueue};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type TestApp = App<RecordingQueue, MemoryStore, PagedDirectory>;
 
 fn app() -> TestApp {
-    App::new(RecordingQueue::default(), MemoryStore::default(), PagedDirectory::default())
+    App::new(
+        RecordingQueue::default(),
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    )
 }
 
 fn request(method: &str, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request {
@@ -606,7 +608,11 @@ async fn a_failed_enqueue_gives_the_key_back() {
 
 #[tokio::test]
 async fn a_store_outage_is_503_and_nothing_is_queued() {
-    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable(), PagedDirectory::default());
+    let app = App::new(
+        RecordingQueue::default(),
+        MemoryStore::unreachable(),
+        PagedDirectory::default(),
+    );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers[header::RETRY_AFTER], "5");
@@ -774,7 +780,11 @@ impl MessageQueue for StalledQueue {
 
 #[tokio::test]
 async fn the_invocation_deadline_bounds_the_request() {
-    let app = App::new(StalledQueue, MemoryStore::default(), PagedDirectory::default());
+    let app = App::new(
+        StalledQueue,
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    );
     let mut context = lambda_http::Context::default();
     let deadline = SystemTime::now() + Duration::from_secs(2);
     context.deadline = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -919,7 +929,11 @@ async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() 
 
 #[tokio::test]
 async fn a_store_outage_during_a_pause_is_503_with_retry_after() {
-    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable(), PagedDirectory::default());
+    let app = App::new(
+        RecordingQueue::default(),
+        MemoryStore::unreachable(),
+        PagedDirectory::default(),
+    );
     let answer = send(
         &app,
         post(&format!("/newsletters/{}/pause", TaskId::generate())),

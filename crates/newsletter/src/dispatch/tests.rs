@@ -1,9 +1,9 @@
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
+use crate::domain::TaskKind;
 use crate::domain::{
     EmailAddress, Newsletter, PauseCode, Recipients, TaskId, TaskRecord, TaskStatus, Topic,
 };
-use crate::domain::TaskKind;
 use crate::message::Recipient;
 use crate::ports::{ContactPage, PauseStore, SendError};
 use crate::render::RenderedEmail;
@@ -110,7 +110,11 @@ async fn job<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     topics: &[&str],
 ) -> Message {
     let task_id = TaskId::generate();
-    worker.store.create(task_id, TaskKind::Newsletter).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     Message::Job(Job {
         task_id,
         newsletter: newsletter(topics),
@@ -139,7 +143,11 @@ async fn delivery<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>
     emails: &[&str],
 ) -> Delivery {
     let task_id = TaskId::generate();
-    worker.store.create(task_id, TaskKind::Newsletter).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let plan = PagePlan {
         chunks: vec![recipients(emails)],
         contacts: emails.len() as u64,
@@ -858,7 +866,10 @@ async fn at_any_instant_at_most_the_sends_in_flight_and_one_group_are_unrecorded
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let chunk = delivery(&setup, &all).await;
     // The task lives in `setup`'s store: copy it over by planning it again in `store`.
-    store.create(chunk.task_id, TaskKind::Newsletter).await.unwrap();
+    store
+        .create(chunk.task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let plan = PagePlan {
         chunks: vec![chunk.recipients.clone()],
         contacts: 50,
@@ -1120,7 +1131,11 @@ async fn a_dead_lettered_job_stops_planning_or_finishes_queueing_what_it_counted
 async fn an_unreadable_dead_letter_is_recorded_on_its_task() {
     let worker = worker(directory(vec![]), RecordingMailer::default());
     let task_id = TaskId::generate();
-    worker.store.create(task_id, TaskKind::Newsletter).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let body =
         format!(r#"{{"version": 1, "kind": "job", "task_id": "{task_id}", "newsletter": "oops"}}"#);
     let dlq = MemoryDeadLetters::holding([body, "not even json".to_string()]);

@@ -61,7 +61,11 @@ impl Newsletter {
             errors.push(field_error("", "must be a JSON object"));
             return Err(errors);
         };
-        let known: Vec<&str> = ["subject", "sections"].iter().chain(others).copied().collect();
+        let known: Vec<&str> = ["subject", "sections"]
+            .iter()
+            .chain(others)
+            .copied()
+            .collect();
         reject_unknown_fields(object, &known, "", &mut errors);
 
         let subject = required_str(object, "subject", "", &mut errors)

@@ -57,7 +57,8 @@ impl TestRecipients {
         let mut addresses = Vec::new();
         for (index, item) in items.iter().enumerate() {
             // The addresses travel on the job message: one SQS cannot carry is refused here.
-            let parse = |raw: &str| text::reject_uncarriable(raw).and_then(|()| EmailAddress::parse(raw));
+            let parse =
+                |raw: &str| text::reject_uncarriable(raw).and_then(|()| EmailAddress::parse(raw));
             match item.as_str().map(parse) {
                 Some(Ok(address)) => addresses.push(address),
                 Some(Err(invalid)) => errors.push(field_error(&format!("{at}/{index}"), invalid.0)),
@@ -133,7 +134,12 @@ mod tests {
     #[test]
     fn a_missing_empty_or_oversized_list_names_the_field() {
         let eleven: Vec<String> = (0..11).map(|i| format!("u{i}@example.com")).collect();
-        for value in [None, Some(json!([])), Some(json!(eleven)), Some(json!("a@example.com"))] {
+        for value in [
+            None,
+            Some(json!([])),
+            Some(json!(eleven)),
+            Some(json!("a@example.com")),
+        ] {
             assert_eq!(
                 pointers(TestRecipients::from_json(value.as_ref(), "to")),
                 ["#/to"],
@@ -144,7 +150,13 @@ mod tests {
 
     #[test]
     fn every_bad_address_is_named_by_its_index() {
-        let value = json!(["ok@example.com", "nope", 7, "also ok@example.com", "a@b\u{FFFE}"]);
+        let value = json!([
+            "ok@example.com",
+            "nope",
+            7,
+            "also ok@example.com",
+            "a@b\u{FFFE}"
+        ]);
         assert_eq!(
             pointers(TestRecipients::from_json(Some(&value), "to")),
             ["#/to/1", "#/to/2", "#/to/3", "#/to/4"]

@@ -293,15 +293,21 @@ async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
     let system = System::new();
     // A request reserved the key and recorded its task, then its invocation was stopped.
     let dead = TaskId::generate();
-    let fingerprint =
-        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(), None);
+    let fingerprint = fingerprint(
+        &Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
+        None,
+    );
     let gone = SystemTime::now() - Duration::from_secs(1);
     system
         .store
         .reserve("order-42", &fingerprint, dead, gone)
         .await
         .unwrap();
-    system.store.create(dead, TaskKind::Newsletter).await.unwrap();
+    system
+        .store
+        .create(dead, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let queue = AcceptQueue::new(&system, []);
 
     let task_id = post(&queue, &system.store, Some(&key()))
@@ -317,8 +323,10 @@ async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
 #[tokio::test]
 async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
     let system = System::new();
-    let fingerprint =
-        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(), None);
+    let fingerprint = fingerprint(
+        &Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
+        None,
+    );
     // The request queued its job (the worker has done it) and died before marking its key.
     let dead = TaskId::generate();
     let gone = SystemTime::now() - Duration::from_secs(1);
@@ -327,7 +335,11 @@ async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
         .reserve("order-42", &fingerprint, dead, gone)
         .await
         .unwrap();
-    system.store.create(dead, TaskKind::Newsletter).await.unwrap();
+    system
+        .store
+        .create(dead, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let job = Message::Job(Job {
         task_id: dead,
         newsletter: Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
@@ -442,7 +454,11 @@ async fn a_test_send_reaches_its_addresses_alone_as_a_task_of_its_own() {
     assert_eq!(job.to.as_ref().map(|to| to.addresses().len()), Some(2));
     assert_eq!(system.drain().await, 0);
 
-    assert_eq!(system.emails(), ["b@x.io", "new@y.io"], "not a@x.io, c@x.io");
+    assert_eq!(
+        system.emails(),
+        ["b@x.io", "new@y.io"],
+        "not a@x.io, c@x.io"
+    );
     let task = system.store.get(task_id).await.unwrap().unwrap();
     assert_eq!(task.kind, TaskKind::Test);
     assert_eq!(task.status, TaskStatus::Completed);
@@ -479,7 +495,14 @@ async fn a_test_send_with_bad_addresses_names_each_and_queues_nothing() {
     assert_eq!(found, ["#/subject", "#/sections", "#/to/0"]);
     // `to` belongs to test sends: a newsletter with it is refused as before.
     assert!(matches!(
-        submit(&system.sqs, &system.store, &test_body(json!(["a@x.io"])), None, &deadline).await,
+        submit(
+            &system.sqs,
+            &system.store,
+            &test_body(json!(["a@x.io"])),
+            None,
+            &deadline
+        )
+        .await,
         Err(SubmitError::Request(RequestError::Invalid(_)))
     ));
     assert_eq!(system.queued(), 0);

@@ -111,7 +111,10 @@ fn settled(sent: &[u16], rejected: &[u16]) -> Settled {
 
 async fn new_task(store: &impl Store) -> TaskId {
     let task_id = TaskId::generate();
-    store.create(task_id, TaskKind::Newsletter).await.expect("a task is created");
+    store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .expect("a task is created");
     task_id
 }
 
@@ -889,7 +892,10 @@ pub async fn an_abandoned_key_is_taken_over_once(store: &impl Store) {
 pub async fn a_task_keeps_its_kind(store: &impl Store) {
     let newsletter = new_task(store).await;
     let test = TaskId::generate();
-    store.create(test, TaskKind::Test).await.expect("a task is created");
+    store
+        .create(test, TaskKind::Test)
+        .await
+        .expect("a task is created");
     assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
     assert_eq!(task(store, test).await.kind, TaskKind::Test);
 }

@@ -150,7 +150,9 @@ pub struct PagedDirectory {
 impl PagedDirectory {
     fn check(&self) -> Result<(), DirectoryError> {
         match self.fail {
-            true => Err(DirectoryError("injected: the contact list is unreachable".into())),
+            true => Err(DirectoryError(
+                "injected: the contact list is unreachable".into(),
+            )),
             false => Ok(()),
         }
     }

@@ -13,7 +13,11 @@ const HTTP_API_POST: &str = include_str!("../../../../events/http-api-post.json"
 type TestApp = App<RecordingQueue, MemoryStore, PagedDirectory>;
 
 fn app() -> TestApp {
-    App::new(RecordingQueue::default(), MemoryStore::default(), PagedDirectory::default())
+    App::new(
+        RecordingQueue::default(),
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    )
 }
 
 fn event(json: &Value) -> LambdaRequest {

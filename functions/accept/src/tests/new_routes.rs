@@ -51,7 +51,10 @@ async fn refused(app: &TestApp, request: Request) -> Answer {
     let answer = send(app, request).await;
     assert_eq!(answer.content_type, "application/problem+json");
     assert_eq!(answer.body["status"], answer.status);
-    assert!(app.queue.sent.lock().unwrap().is_empty(), "a refused request was queued");
+    assert!(
+        app.queue.sent.lock().unwrap().is_empty(),
+        "a refused request was queued"
+    );
     answer
 }
 
@@ -72,19 +75,36 @@ async fn a_test_send_is_a_task_of_kind_test_with_its_addresses_on_the_job() {
 
     assert_eq!(answer.status, 202);
     let task_id = answer.body["task_id"].as_str().unwrap().to_owned();
-    assert_eq!(answer.body, json!({"task_id": task_id, "status": "accepted"}));
-    assert_eq!(answer.headers[header::LOCATION], format!("/newsletters/{task_id}").as_str());
-    let sent = app.queue.sent.lock().unwrap();
+    assert_eq!(
+        answer.body,
+        json!({"task_id": task_id, "status": "accepted"})
+    );
+    assert_eq!(
+        answer.headers[header::LOCATION],
+        format!("/newsletters/{task_id}").as_str()
+    );
+    let sent = app.queue.take();
     let [Message::Job(job)] = sent.as_slice() else {
         panic!("expected exactly one job, got {sent:?}");
     };
-    let to: Vec<&str> = job.to.as_ref().unwrap().addresses().iter().map(|a| a.as_str()).collect();
+    let to: Vec<&str> = job
+        .to
+        .as_ref()
+        .unwrap()
+        .addresses()
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
     assert_eq!(to, ["a@x.io", "b@y.io"]);
-    drop(sent);
 
     let status = send(&app, get(&format!("/newsletters/{task_id}"))).await;
     assert_eq!(status.body["kind"], "test");
-    let task = app.store.get(task_id.parse().unwrap()).await.unwrap().unwrap();
+    let task = app
+        .store
+        .get(task_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(task.kind, TaskKind::Test);
 }
 
@@ -96,7 +116,10 @@ async fn a_test_send_with_bad_addresses_is_422_naming_each() {
         (Some(json!([])), vec!["#/to"]),
         (Some(json!(eleven)), vec!["#/to"]),
         (Some(json!("a@x.io")), vec!["#/to"]),
-        (Some(json!(["a@x.io", "no-at-sign", 3])), vec!["#/to/1", "#/to/2"]),
+        (
+            Some(json!(["a@x.io", "no-at-sign", 3])),
+            vec!["#/to/1", "#/to/2"],
+        ),
         (Some(json!(["a@x.io", "A@X.io"])), vec!["#/to/1"]),
     ] {
         let body = match &to {
@@ -105,13 +128,19 @@ async fn a_test_send_with_bad_addresses_is_422_naming_each() {
         };
         let answer = refused(&app(), post(TEST_PATH, &body)).await;
         assert_eq!(answer.status, 422, "{to:?}");
-        assert_eq!(answer.body["type"], "urn:newsletter-dispatch:problem:validation-failed");
+        assert_eq!(
+            answer.body["type"],
+            "urn:newsletter-dispatch:problem:validation-failed"
+        );
         assert_eq!(pointers(&answer), expected, "{to:?}");
     }
     // The newsletter's rules hold as on POST /newsletters, reported with the addresses'.
     let body = json!({"subject": " ", "sections": [], "to": ["x"], "cc": []});
     let answer = refused(&app(), post(TEST_PATH, &body)).await;
-    assert_eq!(pointers(&answer), ["#/cc", "#/subject", "#/sections", "#/to/0"]);
+    assert_eq!(
+        pointers(&answer),
+        ["#/cc", "#/subject", "#/sections", "#/to/0"]
+    );
 }
 
 #[tokio::test]
@@ -120,20 +149,41 @@ async fn the_new_routes_refuse_bodies_as_post_newsletters_does() {
     for path in [TEST_PATH, PREVIEW_PATH] {
         let wrong_type = request("POST", path, Some("text/plain"), valid_body().to_string());
         let answer = refused(&app, wrong_type).await;
-        assert_eq!((answer.status, answer.body["type"].as_str()), (415, Some("urn:newsletter-dispatch:problem:unsupported-media-type")));
+        assert_eq!(
+            (answer.status, answer.body["type"].as_str()),
+            (
+                415,
+                Some("urn:newsletter-dispatch:problem:unsupported-media-type")
+            )
+        );
         let malformed = request("POST", path, Some("application/json"), "{\"subject\":");
         let answer = refused(&app, malformed).await;
-        assert_eq!((answer.status, answer.body["type"].as_str()), (400, Some("urn:newsletter-dispatch:problem:malformed-json")));
+        assert_eq!(
+            (answer.status, answer.body["type"].as_str()),
+            (400, Some("urn:newsletter-dispatch:problem:malformed-json"))
+        );
         let padding = "x".repeat(newsletter::submit::MAX_REQUEST_BYTES);
-        let large = request("POST", path, Some("application/json"), format!("{{\"subject\":\"{padding}\"}}"));
+        let large = request(
+            "POST",
+            path,
+            Some("application/json"),
+            format!("{{\"subject\":\"{padding}\"}}"),
+        );
         let answer = refused(&app, large).await;
-        assert_eq!((answer.status, answer.body["type"].as_str()), (413, Some("urn:newsletter-dispatch:problem:body-too-large")));
+        assert_eq!(
+            (answer.status, answer.body["type"].as_str()),
+            (413, Some("urn:newsletter-dispatch:problem:body-too-large"))
+        );
         let answer = refused(&app, get(path)).await;
         assert_eq!(answer.status, 405, "{path} is not a task id");
         assert_eq!(answer.headers[header::ALLOW], "POST");
     }
     // A newsletter does not take the new routes' fields.
-    let answer = refused(&app, post_json(&with(json!({"to": ["a@x.io"]})).to_string())).await;
+    let answer = refused(
+        &app,
+        post_json(&with(json!({"to": ["a@x.io"]})).to_string()),
+    )
+    .await;
     assert_eq!(pointers(&answer), ["#/to"]);
     let answer = refused(&app, post(PREVIEW_PATH, &with(json!({"to": ["a@x.io"]})))).await;
     assert_eq!(pointers(&answer), ["#/to"]);
@@ -169,11 +219,24 @@ async fn a_preview_is_the_email_with_its_sections() {
         })
     );
 
-    let as_contact = send(&app, post(PREVIEW_PATH, &json!({"as": "out@x.io", "subject": "S", "sections": body["sections"]}))).await;
+    let as_contact = send(
+        &app,
+        post(
+            PREVIEW_PATH,
+            &json!({"as": "out@x.io", "subject": "S", "sections": body["sections"]}),
+        ),
+    )
+    .await;
     assert_eq!(as_contact.status, 200);
     assert_eq!(as_contact.body["as"], "out@x.io");
-    assert_eq!(as_contact.body["sections"], json!([{"topic": "aws", "title": "Lambda"}]));
-    assert!(app.queue.sent.lock().unwrap().is_empty(), "a preview queues nothing");
+    assert_eq!(
+        as_contact.body["sections"],
+        json!([{"topic": "aws", "title": "Lambda"}])
+    );
+    assert!(
+        app.queue.sent.lock().unwrap().is_empty(),
+        "a preview queues nothing"
+    );
 }
 
 #[tokio::test]
@@ -206,8 +269,14 @@ async fn a_preview_when_the_list_cannot_be_read_is_503_with_retry_after() {
     });
     let answer = refused(&app, post(PREVIEW_PATH, &with(json!({"as": "a@x.io"})))).await;
     assert_eq!(answer.status, 503);
-    assert_eq!(answer.body["type"], "urn:newsletter-dispatch:problem:directory-unavailable");
+    assert_eq!(
+        answer.body["type"],
+        "urn:newsletter-dispatch:problem:directory-unavailable"
+    );
     assert_eq!(answer.headers[header::RETRY_AFTER], "5");
     // Without "as", the list is not needed.
-    assert_eq!(send(&app, post(PREVIEW_PATH, &valid_body())).await.status, 200);
+    assert_eq!(
+        send(&app, post(PREVIEW_PATH, &valid_body())).await.status,
+        200
+    );
 }
