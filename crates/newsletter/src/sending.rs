@@ -61,13 +61,15 @@ const LEASE_SKEW: Duration = Duration::from_secs(2);
 pub const CONTROL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why a chunk stops for its task's sake, not its own: the task's status says to send nothing
-/// more for now. The chunk records what settled, gives its lease up, and the dispatcher parks
-/// it. One place decides it, at the chunk's start and during it, so that a status added later
-/// (a cancelled task, say) stops chunks by the same path.
+/// more. The chunk records what settled and gives its lease up; the dispatcher parks it or
+/// accounts it cancelled. One place decides it, at the chunk's start and during it, so that a
+/// pause and a cancel stop chunks by the same path, within the same bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Halt {
     /// Paused (on request, or by SES refusing the account): the chunk is parked until resumed.
     Paused,
+    /// Cancelled: what the chunk did not send is counted cancelled, and it is done.
+    Cancelled,
 }
 
 impl Halt {
@@ -75,6 +77,7 @@ impl Halt {
     pub fn of(status: TaskStatus) -> Option<Self> {
         match status {
             TaskStatus::Paused => Some(Self::Paused),
+            TaskStatus::Cancelling | TaskStatus::Cancelled => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -227,9 +230,9 @@ pub enum ChunkOutcome {
     /// SES refused [`ACCOUNT_FAILURES_TO_PAUSE`] sends in a row account-wide: the chunk stopped
     /// (what was settled is recorded, the lease given up) and its task should pause.
     Refused(SendReport, PauseCode),
-    /// A check during the chunk found its task halted (paused): the chunk stopped starting
-    /// sends, waited for those in flight, recorded what settled and gave its lease up. Nobody is
-    /// counted failed for it; the recipients left are in `report.unsent`.
+    /// A check during the chunk found its task halted (paused, cancelled): the chunk stopped
+    /// starting sends, waited for those in flight, recorded what settled and gave its lease up.
+    /// Nobody is counted failed for it; the recipients left are in `report.unsent`.
     Halted(SendReport, Halt),
 }
 

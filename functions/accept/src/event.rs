@@ -19,7 +19,7 @@ use lambda_http::{
     },
     request::LambdaRequest,
 };
-use newsletter::ports::{IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::ports::{ChunkStore, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
 use std::net::Ipv6Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -35,7 +35,7 @@ pub enum EventError {
 impl<Q, S> App<Q, S>
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
 {
     /// Answers one Lambda event with the response its origin expects (API Gateway REST or HTTP
     /// API, function URL, ALB). Never fails and never panics on what the event holds.

@@ -1,6 +1,6 @@
 //! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id),
-//! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`
-//! and `…/resume` control it (202 + its status). Routes, checks the media type and headers,
+//! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`,
+//! `…/resume` and `DELETE /newsletters/{task_id}` control it (202 + its status). Routes, checks the media type and headers,
 //! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
 pub mod event;
@@ -10,11 +10,11 @@ mod routes;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::{
     Body, Request, RequestExt, Response,
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
 };
 use newsletter::control::{self, ControlError};
 use newsletter::domain::TaskRecord;
-use newsletter::ports::{IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::ports::{ChunkStore, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
 use newsletter::status::{StatusError, parse_task_id, task_status};
 use newsletter::submit::{Deadline, SubmitError, submit};
 use newsletter::{IdempotencyKey, TaskId};
@@ -86,6 +86,7 @@ impl AcceptError {
 enum Control {
     Pause,
     Resume,
+    Cancel,
 }
 
 #[derive(Serialize)]
@@ -97,7 +98,7 @@ struct Accepted {
 impl<Q, S> App<Q, S>
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
 {
     pub fn new(queue: Q, store: S) -> Self {
         Self { queue, store }
@@ -112,6 +113,9 @@ where
                 Err(AcceptError::MethodNotAllowed(route.allow()))
             }
             Some(Route::Newsletters) => self.accept(&request).await.map(accepted),
+            Some(Route::Task(id)) if request.method() == Method::DELETE => {
+                self.control(id, Control::Cancel).await.map(controlled)
+            }
             Some(Route::Task(id)) => task_status(&self.store, id)
                 .await
                 .map(status)
@@ -129,7 +133,7 @@ where
         })
     }
 
-    /// Pauses or resumes the task `raw_id` names; its record after that.
+    /// Pauses, resumes or cancels the task `raw_id` names; its record after that.
     async fn control(&self, raw_id: &str, control: Control) -> Result<TaskRecord, AcceptError> {
         let task_id = parse_task_id(raw_id)?;
         let result = match control {
@@ -137,6 +141,7 @@ where
             Control::Resume => control::resume(&self.queue, &self.store, task_id)
                 .await
                 .map(|resumed| resumed.task),
+            Control::Cancel => control::cancel(&self.queue, &self.store, task_id).await,
         };
         result.map_err(|err| {
             let err = AcceptError::from(err);
@@ -214,7 +219,7 @@ fn status(task: TaskRecord) -> Response<Body> {
     task_response(StatusCode::OK, task, Vec::new())
 }
 
-/// A pause or resume is done: the task's status, as `GET` shows it, at its `Location`.
+/// A pause, resume or cancel is done (or under way): the task's status, as `GET` shows it, at its `Location`.
 fn controlled(task: TaskRecord) -> Response<Body> {
     let location = format!("{NEWSLETTERS_PATH}/{}", task.task_id);
     task_response(

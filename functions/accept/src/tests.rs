@@ -51,7 +51,7 @@ struct Answer {
 async fn send<Q, S>(app: &App<Q, S>, request: Request) -> Answer
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
 {
     let response = app.handle(request).await;
     let content_type = response.headers()[header::CONTENT_TYPE]

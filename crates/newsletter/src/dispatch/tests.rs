@@ -192,6 +192,7 @@ fn counts(planned: u64, sent: u64, skipped: u64, failed: u64) -> Recipients {
         sent,
         skipped,
         failed,
+        cancelled: 0,
     }
 }
 
