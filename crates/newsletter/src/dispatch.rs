@@ -239,8 +239,10 @@ where
         let Some(task) = self.store.get(job.task_id).await? else {
             return Err(WorkError::UnknownTask(job.task_id));
         };
-        Ok((task.status == TaskStatus::Withdrawn || task.status.is_cancelled())
-            .then_some(task.status))
+        Ok(
+            (task.status == TaskStatus::Withdrawn || task.status.is_cancelled())
+                .then_some(task.status),
+        )
     }
 
     /// Ends planning before the job's page: a withdrawn task's job is dropped; a cancelled
@@ -251,7 +253,10 @@ where
             return Ok(());
         }
         self.store.stop_planning(job.task_id, job.page()).await?;
-        tracing::info!(page = job.page(), "task cancelled: planning stopped before this page");
+        tracing::info!(
+            page = job.page(),
+            "task cancelled: planning stopped before this page"
+        );
         self.complete_if_done(job.task_id).await
     }
 

@@ -205,7 +205,9 @@ impl TaskStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", task_key(task_id))
-            .update_expression("SET page_count = if_not_exists(page_count, :page), updated_at = :now")
+            .update_expression(
+                "SET page_count = if_not_exists(page_count, :page), updated_at = :now",
+            )
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":page", n(page))
             .expression_attribute_values(":now", s(now_rfc3339()))

@@ -315,7 +315,8 @@ impl TaskRecord {
     pub fn completion(&self) -> Option<TaskStatus> {
         let done = self.planning_done && self.recipients.all_accounted_for();
         if self.status.is_cancelled() {
-            return (done && self.status == TaskStatus::Cancelling).then_some(TaskStatus::Cancelled);
+            return (done && self.status == TaskStatus::Cancelling)
+                .then_some(TaskStatus::Cancelled);
         }
         let clean = self.recipients.failed == 0 && self.failures.is_empty();
         let status = if clean {
