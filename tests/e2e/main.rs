@@ -147,7 +147,7 @@ async fn a_posted_newsletter_reaches_each_subscriber_as_their_preferences_say() 
     assert_eq!(received(&emails), expected);
     assert_eq!(
         status().await["recipients"],
-        serde_json::json!({"planned": 6, "sent": 3, "skipped": 3, "failed": 0})
+        serde_json::json!({"planned": 6, "sent": 3, "skipped": 3, "failed": 0, "cancelled": 0})
     );
 }
 
