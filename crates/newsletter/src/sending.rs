@@ -287,6 +287,35 @@ impl<'a> Renders<'a> {
     }
 }
 
+/// The chunk's stop for its task's sake, as the sends waiting for their turn see it: they wake
+/// at once, not at their turn (up to `window / rate` later: seconds at low rates), so the chunk
+/// gives its lease up, and is parked or counted, as soon as its sends under way have ended.
+#[derive(Default)]
+struct Halting {
+    halted: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Halting {
+    fn halt(&self) {
+        self.halted.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
+    /// Waits until `slot`; `false` if the chunk halted before (or while) it waited.
+    async fn wait_until(&self, slot: Instant) -> bool {
+        // Registered before the flag is read: a halt in between still wakes it.
+        let woken = self.wake.notified();
+        if self.halted.load(Ordering::Relaxed) {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(slot) => !self.halted.load(Ordering::Relaxed),
+            () = woken => false,
+        }
+    }
+}
+
 type Recording<'a> = Pin<Box<dyn Future<Output = (Settled, Result<(), StoreError>)> + Send + 'a>>;
 type Checking<'a> =
     Pin<Box<dyn Future<Output = Result<Option<TaskRecord>, StoreError>> + Send + 'a>>;
@@ -364,7 +393,7 @@ impl<M: Mailer> Sender<M> {
 
         // Set with `halted`: sends booked on the rate but still waiting for their turn see it
         // and do not start (a send under way is not cut off: SES may have taken it).
-        let halting = AtomicBool::new(false);
+        let halting = Halting::default();
         let mut renders = Renders::new(delivery);
         let mut sends = FuturesUnordered::new();
         let mut unrecorded = Settled::default();
@@ -455,7 +484,7 @@ impl<M: Mailer> Sender<M> {
                             if let Some(halt) = Halt::of(task.status) {
                                 tracing::info!(chunk, status = task.status.as_str(), "task halted; stopping the chunk");
                                 halted = Some(halt);
-                                halting.store(true, Ordering::Relaxed);
+                                halting.halt();
                                 stopped = true;
                             }
                         }
@@ -515,7 +544,7 @@ impl<M: Mailer> Sender<M> {
         email: Arc<RenderedEmail>,
         slot: Instant,
         budget: &Budget,
-        halting: &AtomicBool,
+        halting: &Halting,
     ) -> (u16, SendOutcome, usize) {
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
@@ -523,9 +552,8 @@ impl<M: Mailer> Sender<M> {
         };
         let (mut slot, mut throttled, mut transient_failures) = (slot, 0, 0);
         loop {
-            tokio::time::sleep_until(slot).await;
             // The task halted while this send waited for its turn: it does not start.
-            if halting.load(Ordering::Relaxed) {
+            if !halting.wait_until(slot).await {
                 return (
                     position,
                     SendOutcome::Unsent { transient_failures },
