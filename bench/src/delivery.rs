@@ -68,6 +68,49 @@ pub struct Stack<'a> {
     pub deployment: &'a crate::deployment::Deployment,
 }
 
+/// What a delivery run sends through, in front of the local AWS: an SES endpoint that behaves
+/// as told, and the capacity-counting proxy before DynamoDB Local.
+pub struct Fronts {
+    ses: SesEndpoint,
+    dynamodb: DynamoDbProxy,
+    /// SQS and SES through the endpoint; DynamoDB through the proxy.
+    aws: aws_config::SdkConfig,
+}
+
+impl Fronts {
+    pub async fn start(
+        behaviour: SesBehaviour,
+        endpoints: &local_stack::Endpoints,
+    ) -> anyhow::Result<Self> {
+        let ses = SesEndpoint::start(behaviour, &endpoints.aws).await?;
+        let dynamodb = DynamoDbProxy::start(&endpoints.dynamodb).await?;
+        let aws = local_stack::sdk_config(&local_stack::Endpoints {
+            aws: ses.endpoint(),
+            dynamodb: dynamodb.endpoint(),
+        })
+        .await;
+        Ok(Self { ses, dynamodb, aws })
+    }
+
+    /// The stack a run uses: these fronts, and the queues, settings and deployment given.
+    pub fn stack<'a>(
+        &'a self,
+        queues: &'a local_stack::Provisioned,
+        settings: &'a local_stack::Settings,
+        deployment: &'a crate::deployment::Deployment,
+    ) -> Stack<'a> {
+        Stack {
+            ses: &self.ses,
+            dynamodb: &self.dynamodb,
+            aws: &self.aws,
+            queue_url: &queues.queue_url,
+            dead_letter_queue_url: &queues.dead_letter_queue_url,
+            settings,
+            deployment,
+        }
+    }
+}
+
 /// Cap on one scenario, so that a stuck run fails instead of hanging.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -22,8 +22,7 @@ use delivery::Scenario;
 use deployment::Deployment;
 use events::Invocations;
 use function::FunctionSpec;
-use local_stack::dynamodb_proxy::DynamoDbProxy;
-use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
+use local_stack::ses_endpoint::SesBehaviour;
 use local_stack::template::{self, Template};
 use newsletter_aws::dynamodb::DynamoStore;
 use report::{Machine, Report, Row, Target};
@@ -494,24 +493,8 @@ async fn throughput(
     };
     let mut rows = Vec::new();
     for (kind, scenario) in scenarios {
-        let endpoint = SesEndpoint::start(scenario.ses, &endpoints.aws).await?;
-        let proxy = DynamoDbProxy::start(&endpoints.dynamodb).await?;
-        // SQS and SES through the endpoint; DynamoDB through the proxy to DynamoDB Local.
-        let aws = local_stack::sdk_config(&local_stack::Endpoints {
-            aws: endpoint.endpoint(),
-            dynamodb: proxy.endpoint(),
-        })
-        .await;
-        let stack = delivery::Stack {
-            ses: &endpoint,
-            dynamodb: &proxy,
-            aws: &aws,
-            queue_url: &queues.queue_url,
-            dead_letter_queue_url: &queues.dead_letter_queue_url,
-            settings,
-            deployment,
-        };
-        let result = delivery::run(&stack, &scenario).await?;
+        let fronts = delivery::Fronts::start(scenario.ses, endpoints).await?;
+        let result = delivery::run(&fronts.stack(queues, settings, deployment), &scenario).await?;
         let name = format!(
             "delivery N={}, {kind} (rate {}/s, SES limit {}/s, {} ms)",
             scenario.recipients,
@@ -584,22 +567,8 @@ async fn after_cancel(
             max_send_rate: 100.0,
         },
     };
-    let endpoint = SesEndpoint::start(scenario.ses, &endpoints.aws).await?;
-    let proxy = DynamoDbProxy::start(&endpoints.dynamodb).await?;
-    let aws = local_stack::sdk_config(&local_stack::Endpoints {
-        aws: endpoint.endpoint(),
-        dynamodb: proxy.endpoint(),
-    })
-    .await;
-    let stack = delivery::Stack {
-        ses: &endpoint,
-        dynamodb: &proxy,
-        aws: &aws,
-        queue_url: &queues.queue_url,
-        dead_letter_queue_url: &queues.dead_letter_queue_url,
-        settings,
-        deployment,
-    };
+    let fronts = delivery::Fronts::start(scenario.ses, endpoints).await?;
+    let stack = fronts.stack(queues, settings, deployment);
     let result = delivery::cancel_during_send(&stack, &scenario, cancel_at).await?;
     let per_instance = scenario.configured_rate / f64::from(scenario.instances);
     let window = newsletter::sending::CONTROL_CHECK_INTERVAL.as_secs_f64() + 1.0;

@@ -41,8 +41,8 @@ async fn call(app: &TestApp, method: &str, path: &str) -> (u16, String, Value) {
     )
 }
 
-#[tokio::test]
-async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly_once() {
+/// A slow worker's app (the mixed audience) and the task of a newsletter it accepted.
+async fn slow_send_accepted() -> (TestApp, String) {
     let settings = Settings {
         audience: mixed_audience(),
         ..Settings::local().expect("template.yaml gives the local settings")
@@ -51,13 +51,24 @@ async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly
     let accepted = app.accept.handle(post_request(&newsletter_body())).await;
     assert_eq!(accepted.status(), 202);
     let task_id = json_body(&accepted)["task_id"].as_str().unwrap().to_owned();
+    (app, task_id)
+}
+
+/// Waits until the worker has sent a dozen emails; how many it has sent then.
+async fn some_sent(app: &TestApp) -> usize {
+    while app.recipients().await.len() < 12 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.recipients().await.len()
+}
+
+#[tokio::test]
+async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly_once() {
+    let (app, task_id) = slow_send_accepted().await;
 
     // The worker sends while a caller pauses the task, once some emails are out.
     let pausing = async {
-        while app.recipients().await.len() < 12 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let sent_before = app.recipients().await.len();
+        let sent_before = some_sent(&app).await;
         let paused = call(&app, "POST", &format!("/newsletters/{task_id}/pause")).await;
         (sent_before, paused)
     };
@@ -124,20 +135,10 @@ async fn a_pause_during_a_send_stops_it_and_the_resume_delivers_everyone_exactly
 
 #[tokio::test]
 async fn a_cancel_during_a_send_stops_it_within_the_bound_and_ends_with_exact_counts() {
-    let settings = Settings {
-        audience: mixed_audience(),
-        ..Settings::local().expect("template.yaml gives the local settings")
-    };
-    let app = spawn_app_sending_at(settings, EMAILS_PER_SECOND).await;
-    let accepted = app.accept.handle(post_request(&newsletter_body())).await;
-    assert_eq!(accepted.status(), 202);
-    let task_id = json_body(&accepted)["task_id"].as_str().unwrap().to_owned();
+    let (app, task_id) = slow_send_accepted().await;
 
     let cancelling = async {
-        while app.recipients().await.len() < 12 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let sent_before = app.recipients().await.len();
+        let sent_before = some_sent(&app).await;
         let cancelled = call(&app, "DELETE", &format!("/newsletters/{task_id}")).await;
         (sent_before, cancelled)
     };

@@ -910,19 +910,23 @@ async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() 
 }
 
 #[tokio::test]
-async fn a_store_outage_during_a_pause_is_503_with_retry_after() {
+async fn a_store_outage_during_a_pause_resume_or_cancel_is_503_with_retry_after() {
     let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
-    let answer = send(
-        &app,
-        post(&format!("/newsletters/{}/pause", TaskId::generate())),
-    )
-    .await;
-    assert_eq!(answer.status, 503);
-    assert_eq!(
-        answer.body["type"],
-        "urn:newsletter-dispatch:problem:store-unavailable"
-    );
-    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    let task = format!("/newsletters/{}", TaskId::generate());
+    for request in [
+        post(&format!("{task}/pause")),
+        post(&format!("{task}/resume")),
+        delete(&task),
+    ] {
+        let method = request.method().clone();
+        let answer = send(&app, request).await;
+        assert_eq!(answer.status, 503, "{method}");
+        assert_eq!(
+            answer.body["type"],
+            "urn:newsletter-dispatch:problem:store-unavailable"
+        );
+        assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    }
 }
 
 fn delete(path: &str) -> Request {
@@ -1060,20 +1064,4 @@ async fn cancel_of_unknown_finished_or_malformed_tasks_are_problems() {
         finished.body["detail"],
         "the task is withdrawn: it can no longer be paused, resumed or cancelled"
     );
-}
-
-#[tokio::test]
-async fn a_store_outage_during_a_cancel_is_503_with_retry_after() {
-    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
-    let answer = send(
-        &app,
-        delete(&format!("/newsletters/{}", TaskId::generate())),
-    )
-    .await;
-    assert_eq!(answer.status, 503);
-    assert_eq!(
-        answer.body["type"],
-        "urn:newsletter-dispatch:problem:store-unavailable"
-    );
-    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
 }

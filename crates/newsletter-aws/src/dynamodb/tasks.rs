@@ -3,7 +3,7 @@
 //! chunks (`claims`) and pauses (`pauses`) update it too.
 
 use super::attributes::{AttributeError, Attributes};
-use super::{DynamoStore, Item, expires_in, n, now_rfc3339, s, store_error, task_key};
+use super::{DynamoStore, Item, applied, expires_in, n, now_rfc3339, s, store_error, task_key};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
@@ -186,18 +186,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(store_error(err)),
-        }
+        applied(result)
     }
 
     async fn stop_planning(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {

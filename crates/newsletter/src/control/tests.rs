@@ -21,28 +21,7 @@ const POLICY: SendPolicy = SendPolicy {
 };
 
 fn worker(contacts: usize) -> Worker {
-    let contacts = (0..contacts)
-        .map(|i| Contact {
-            email: format!("u{i}@x.io"),
-            unsubscribe_all: false,
-            preferences: Default::default(),
-        })
-        .collect();
-    let directory = PagedDirectory {
-        defaults: TopicDefaults([("rust".into(), OptIn)].into()),
-        pages: vec![ContactPage {
-            contacts,
-            next_token: None,
-        }],
-        ..Default::default()
-    };
-    Dispatcher::new(
-        RecordingQueue::default(),
-        directory,
-        Sender::new(RecordingMailer::default(), POLICY),
-        MemoryStore::default(),
-        50,
-    )
+    paged_worker(1, contacts)
 }
 
 /// A recorded task and its job.
@@ -241,13 +220,13 @@ async fn a_finished_task_is_refused_and_an_unknown_one_is_not_found() {
     ));
 }
 
-/// A worker whose contact list comes in `pages` pages of `per_page` contacts.
+/// A worker whose contact list comes in `pages` pages of `per_page` contacts, `u0@x.io` on.
 fn paged_worker(pages: usize, per_page: usize) -> Worker {
     let pages = (0..pages)
         .map(|page| ContactPage {
             contacts: (0..per_page)
                 .map(|i| Contact {
-                    email: format!("p{page}u{i}@x.io"),
+                    email: format!("u{}@x.io", page * per_page + i),
                     unsubscribe_all: false,
                     preferences: Default::default(),
                 })

@@ -407,6 +407,14 @@ impl Records {
 }
 
 impl StoredTask {
+    /// Accepted, planning or sending (under the pause overlay, if any): what may pause or cancel.
+    fn is_running(&self) -> bool {
+        matches!(
+            self.record.status,
+            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
+        )
+    }
+
     fn view(&self) -> TaskRecord {
         let mut record = self.record.clone();
         record.planning_done = self.page_count == Some(self.pages_planned);
@@ -522,10 +530,7 @@ impl TaskStore for MemoryStore {
         let Some(task) = records.tasks.get_mut(&task_id) else {
             return Ok(false);
         };
-        let active = matches!(
-            task.record.status,
-            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
-        );
+        let active = task.is_running();
         if active {
             task.record.status = TaskStatus::Cancelling;
             task.pause = None;
@@ -892,10 +897,7 @@ impl PauseStore for MemoryStore {
         let Some(task) = records.tasks.get_mut(&task_id) else {
             return Ok(false);
         };
-        let active = matches!(
-            task.record.status,
-            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
-        );
+        let active = task.is_running();
         if task.pause.is_some() || !active {
             return Ok(false);
         }
