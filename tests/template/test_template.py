@@ -185,6 +185,7 @@ ROUTES = {
     "GET /newsletters/{task_id}": "AcceptFunction",
     "POST /newsletters/{task_id}/pause": "AcceptFunction",
     "POST /newsletters/{task_id}/resume": "AcceptFunction",
+    "DELETE /newsletters/{task_id}": "AcceptFunction",
 }
 
 
