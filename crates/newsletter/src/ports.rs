@@ -518,7 +518,8 @@ pub trait ChunkStore: Send + Sync {
 /// # Contract
 /// - A pause MUST NOT hide the task's own status from planning: planning goes on writing it.
 /// - A pause MUST NOT outlive the task: moving it to a final status ([`TaskStore::finish`],
-///   [`TaskStore::withdraw`]) ends the pause, and a finished task never pauses.
+///   [`TaskStore::withdraw`]) or cancelling it ([`TaskStore::cancel`]) ends the pause, and a
+///   finished or cancelled task never pauses.
 /// - A parked chunk's message MUST be kept until `unpark`, and MUST be returned by `parked`
 ///   until then, whatever the task's status.
 pub trait PauseStore: Send + Sync {
