@@ -10,7 +10,7 @@ use lambda_runtime::LambdaEvent;
 use local_stack::dynamodb_proxy::DynamoDbProxy;
 use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
-use newsletter::ports::{MessageQueue, PlanStore};
+use newsletter::ports::{MessageQueue, PlanStore, TaskStore};
 use newsletter_aws::dynamodb::DynamoStore;
 use newsletter_aws::sqs::SqsQueue;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,10 +68,77 @@ pub struct Stack<'a> {
     pub deployment: &'a crate::deployment::Deployment,
 }
 
+/// What a delivery run sends through, in front of the local AWS: an SES endpoint that behaves
+/// as told, and the capacity-counting proxy before DynamoDB Local.
+pub struct Fronts {
+    ses: SesEndpoint,
+    dynamodb: DynamoDbProxy,
+    /// SQS and SES through the endpoint; DynamoDB through the proxy.
+    aws: aws_config::SdkConfig,
+}
+
+impl Fronts {
+    pub async fn start(
+        behaviour: SesBehaviour,
+        endpoints: &local_stack::Endpoints,
+    ) -> anyhow::Result<Self> {
+        let ses = SesEndpoint::start(behaviour, &endpoints.aws).await?;
+        let dynamodb = DynamoDbProxy::start(&endpoints.dynamodb).await?;
+        let aws = local_stack::sdk_config(&local_stack::Endpoints {
+            aws: ses.endpoint(),
+            dynamodb: dynamodb.endpoint(),
+        })
+        .await;
+        Ok(Self { ses, dynamodb, aws })
+    }
+
+    /// The stack a run uses: these fronts, and the queues, settings and deployment given.
+    pub fn stack<'a>(
+        &'a self,
+        queues: &'a local_stack::Provisioned,
+        settings: &'a local_stack::Settings,
+        deployment: &'a crate::deployment::Deployment,
+    ) -> Stack<'a> {
+        Stack {
+            ses: &self.ses,
+            dynamodb: &self.dynamodb,
+            aws: &self.aws,
+            queue_url: &queues.queue_url,
+            dead_letter_queue_url: &queues.dead_letter_queue_url,
+            settings,
+            deployment,
+        }
+    }
+}
+
 /// Cap on one scenario, so that a stuck run fails instead of hanging.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throughput> {
+/// What a cancel during a send did.
+#[derive(Debug, Clone)]
+pub struct AfterCancel {
+    /// Emails the SES endpoint accepted after the cancel was written.
+    pub emails_after: usize,
+    /// Emails it accepted before.
+    pub emails_before: usize,
+    /// From the cancel written to the task `cancelled` (every chunk counted).
+    pub time_to_cancelled: Duration,
+    /// `sent` on the task minus what the endpoint accepted, and the recipients no count holds:
+    /// both 0 when the counts are exact.
+    pub sent_miscount: i64,
+    pub unaccounted: i64,
+}
+
+/// The worker instances, and a task planned with `scenario.recipients` whose deliveries are on
+/// the queue, as accept and the planner leave it.
+struct Prepared {
+    instances: Vec<Instance>,
+    expected: Vec<newsletter::message::Recipient>,
+    store: DynamoStore,
+    task_id: newsletter::TaskId,
+}
+
+async fn prepare(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Prepared> {
     let config = worker::Config {
         queue_url: stack.queue_url.to_owned(),
         contact_list_name: stack.settings.contact_list_name.clone(),
@@ -108,7 +175,16 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
     // What sending costs, not planning and queueing (planning's plan write is ~0.04 units an
     // email at 1,000 contacts a page).
     stack.dynamodb.reset_stats();
+    Ok(Prepared {
+        instances,
+        expected,
+        store,
+        task_id: planned.task_id,
+    })
+}
 
+/// Runs every instance on the queue, as Lambda's SQS trigger does, until it is empty.
+async fn drain(stack: &Stack<'_>, instances: &[Instance]) -> anyhow::Result<()> {
     let sqs = aws_sdk_sqs::Client::new(stack.aws);
     // Lambda's poller hands out batches as soon as they are there.
     let trigger = Trigger {
@@ -116,7 +192,6 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
         batching_window: Duration::ZERO,
         wait_time_seconds: 0,
     };
-    let started = Instant::now();
     let instances = instances.iter().map(|worker| async {
         let source = SqsEventSource::new(sqs.clone(), stack.queue_url, trigger.clone()).await?;
         // Stop once nothing is left, visible or in flight (moto's counts are exact).
@@ -134,6 +209,17 @@ pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throu
     tokio::time::timeout(SCENARIO_TIMEOUT, futures::future::try_join_all(instances))
         .await
         .context("the delivery run did not finish in time")??;
+    Ok(())
+}
+
+pub async fn run(stack: &Stack<'_>, scenario: &Scenario) -> anyhow::Result<Throughput> {
+    let Prepared {
+        instances,
+        expected,
+        ..
+    } = prepare(stack, scenario).await?;
+    let started = Instant::now();
+    drain(stack, &instances).await?;
 
     let received = stack.ses.take_received();
     let last = received
@@ -193,4 +279,44 @@ impl Invoke for Instance {
             other => bail!("a batch was answered as something else: {other:?}"),
         }
     }
+}
+
+/// Sends `scenario` and cancels the task once `cancel_at` emails are out, through the use case
+/// accept's `DELETE /newsletters/{task_id}` runs; then counts what the endpoint accepted after
+/// the cancel was written, and checks the task's final counts against it.
+pub async fn cancel_during_send(
+    stack: &Stack<'_>,
+    scenario: &Scenario,
+    cancel_at: usize,
+) -> anyhow::Result<AfterCancel> {
+    let Prepared {
+        instances,
+        store,
+        task_id,
+        ..
+    } = prepare(stack, scenario).await?;
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(stack.aws), stack.queue_url);
+    let cancelling = async {
+        while stack.ses.received().total() < cancel_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        newsletter::control::cancel(&queue, &store, task_id).await?;
+        anyhow::Ok(Instant::now())
+    };
+    let (cancelled_at, ()) = tokio::try_join!(cancelling, drain(stack, &instances))?;
+    let emails_after = stack.ses.accepted_since(cancelled_at);
+    let received = stack.ses.take_received();
+    let task = store.get(task_id).await?.context("the task is gone")?;
+    if task.status != newsletter::domain::TaskStatus::Cancelled {
+        bail!("the task is {}, not cancelled", task.status.as_str());
+    }
+    let counts = task.recipients;
+    let accounted = counts.sent + counts.skipped + counts.failed + counts.cancelled;
+    Ok(AfterCancel {
+        emails_after,
+        emails_before: received.total() - emails_after,
+        time_to_cancelled: cancelled_at.elapsed(),
+        sent_miscount: counts.sent as i64 - received.total() as i64,
+        unaccounted: counts.planned as i64 - accounted as i64,
+    })
 }

@@ -16,6 +16,8 @@ pub struct Deployment {
     pub batching_window: Duration,
     /// The `Jobs` event's `ScalingConfig.MaximumConcurrency` (`WorkerMaxConcurrency`'s default).
     pub max_concurrency: u32,
+    /// `MaxSendRate`'s default: the account's SES rate the worker is deployed with.
+    pub max_send_rate: f64,
     /// `JobsQueue`'s `VisibilityTimeout`.
     pub visibility_timeout: Duration,
     /// The `DeadLetterSweep` schedule's `Input`.
@@ -35,6 +37,7 @@ impl Deployment {
             max_concurrency: jobs.maximum_concurrency.ok_or_else(|| {
                 anyhow::anyhow!("template.yaml: the worker's Jobs event sets no MaximumConcurrency")
             })?,
+            max_send_rate: template.parameter_default("MaxSendRate")?.parse()?,
             visibility_timeout: Duration::from_secs(queue.visibility_timeout()?.into()),
             sweep_input: worker.schedule_input(template::DEAD_LETTER_SWEEP_EVENT)?,
         })

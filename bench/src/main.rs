@@ -22,8 +22,7 @@ use delivery::Scenario;
 use deployment::Deployment;
 use events::Invocations;
 use function::FunctionSpec;
-use local_stack::dynamodb_proxy::DynamoDbProxy;
-use local_stack::ses_endpoint::{SesBehaviour, SesEndpoint};
+use local_stack::ses_endpoint::SesBehaviour;
 use local_stack::template::{self, Template};
 use newsletter_aws::dynamodb::DynamoStore;
 use report::{Machine, Report, Row, Target};
@@ -494,24 +493,8 @@ async fn throughput(
     };
     let mut rows = Vec::new();
     for (kind, scenario) in scenarios {
-        let endpoint = SesEndpoint::start(scenario.ses, &endpoints.aws).await?;
-        let proxy = DynamoDbProxy::start(&endpoints.dynamodb).await?;
-        // SQS and SES through the endpoint; DynamoDB through the proxy to DynamoDB Local.
-        let aws = local_stack::sdk_config(&local_stack::Endpoints {
-            aws: endpoint.endpoint(),
-            dynamodb: proxy.endpoint(),
-        })
-        .await;
-        let stack = delivery::Stack {
-            ses: &endpoint,
-            dynamodb: &proxy,
-            aws: &aws,
-            queue_url: &queues.queue_url,
-            dead_letter_queue_url: &queues.dead_letter_queue_url,
-            settings,
-            deployment,
-        };
-        let result = delivery::run(&stack, &scenario).await?;
+        let fronts = delivery::Fronts::start(scenario.ses, endpoints).await?;
+        let result = delivery::run(&fronts.stack(queues, settings, deployment), &scenario).await?;
         let name = format!(
             "delivery N={}, {kind} (rate {}/s, SES limit {}/s, {} ms)",
             scenario.recipients,
@@ -553,5 +536,72 @@ async fn throughput(
             .against("SES $100", 100.0),
         ]);
     }
+    rows.extend(after_cancel(options, endpoints, queues, settings, deployment).await?);
     Ok(rows)
+}
+
+/// Section 3, continued: a cancel in the middle of a send at the template's defaults
+/// (`MaxSendRate` over `WorkerMaxConcurrency` instances): how many emails still go out, against
+/// the bound the README derives (each instance: its sends under way, plus what its rate starts
+/// before its next control check, rate x (interval + the limiter's 1 s burst)).
+async fn after_cancel(
+    options: &Options,
+    endpoints: &local_stack::Endpoints,
+    queues: &local_stack::Provisioned,
+    settings: &local_stack::Settings,
+    deployment: &Deployment,
+) -> anyhow::Result<Vec<Row>> {
+    let (recipients, cancel_at) = if options.smoke {
+        (100, 10)
+    } else {
+        (1_000, 100)
+    };
+    let scenario = Scenario {
+        recipients,
+        configured_rate: deployment.max_send_rate,
+        instances: deployment.max_concurrency,
+        max_in_flight: 16,
+        // SES answers in 20 ms, well within its limit: only the worker's own rate holds it back.
+        ses: SesBehaviour {
+            latency: Duration::from_millis(20),
+            max_send_rate: 100.0,
+        },
+    };
+    let fronts = delivery::Fronts::start(scenario.ses, endpoints).await?;
+    let stack = fronts.stack(queues, settings, deployment);
+    let result = delivery::cancel_during_send(&stack, &scenario, cancel_at).await?;
+    let per_instance = scenario.configured_rate / f64::from(scenario.instances);
+    let window = newsletter::sending::CONTROL_CHECK_INTERVAL.as_secs_f64() + 1.0;
+    let in_flight = (per_instance * scenario.ses.latency.as_secs_f64()).ceil();
+    let bound = f64::from(scenario.instances) * (per_instance * window + in_flight);
+    let name = format!(
+        "cancel at the defaults (rate {}/s over {} instances, N={recipients}, after {} sent)",
+        scenario.configured_rate, scenario.instances, result.emails_before
+    );
+    Ok(vec![
+        Row::new(
+            format!("{name}: emails sent after the cancel"),
+            "",
+            result.emails_after as f64,
+        )
+        .against("bound: instances x (rate x 3 s + in flight)", bound)
+        .target(Target::RatioAtMost(1.0)),
+        Row::new(
+            format!("{name}: cancel to every chunk counted, task `cancelled`"),
+            "ms",
+            ms(result.time_to_cancelled),
+        ),
+        Row::new(
+            format!("{name}: task's sent minus SES's count"),
+            "",
+            result.sent_miscount as f64,
+        )
+        .target(Target::Exactly(0.0)),
+        Row::new(
+            format!("{name}: planned recipients not accounted"),
+            "",
+            result.unaccounted as f64,
+        )
+        .target(Target::Exactly(0.0)),
+    ])
 }

@@ -26,17 +26,25 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     ("rest-api-console-test.json", 404),
     // `isBase64Encoded: true` with a JSON body: lambda_http's decoder panicked on it.
     ("http-api-post-bad-base64.json", 400),
-    // The sample task's pause and resume (the test records the task first): its status, no job.
+    // The sample task's pause, resume and cancel (the test records the task first): its status,
+    // no job. The cancel last: a cancelled task is not paused or resumed.
     ("http-api-pause.json", 202),
     ("http-api-resume.json", 202),
     // A test send to a subscriber and an address not in the list: a job of its own.
     ("http-api-test-send.json", 202),
     // The email a subscriber would get: no job.
     ("http-api-preview.json", 200),
+    ("http-api-cancel.json", 202),
 ];
 
-/// The HTTP events that control the sample task rather than accept a newsletter.
-const CONTROL_EVENTS: &[&str] = &["http-api-pause.json", "http-api-resume.json"];
+/// The HTTP events that control the sample task rather than accept a newsletter, and the status
+/// each leaves it in.
+const CONTROL_EVENTS: &[(&str, &str)] = &[
+    ("http-api-pause.json", "paused"),
+    ("http-api-resume.json", "accepted"),
+    // Cancelling until its job comes (and finds it cancelled): nothing else of it is in flight.
+    ("http-api-cancel.json", "cancelling"),
+];
 
 /// SQS batches for `worker`, and the message ids it must report failed.
 /// The task every SQS sample names.
@@ -95,14 +103,9 @@ async fn http_events_get_their_answers_and_only_202s_enqueue() {
         assert_eq!(response["statusCode"], *status, "{file}");
         let body: serde_json::Value =
             serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
-        if CONTROL_EVENTS.contains(file) {
+        if let Some((_, expected)) = CONTROL_EVENTS.iter().find(|(name, _)| name == file) {
             assert_eq!(body["task_id"], SAMPLE_TASK, "{file}");
-            let expected = if file.contains("pause") {
-                "paused"
-            } else {
-                "accepted"
-            };
-            assert_eq!(body["status"], expected, "{file}");
+            assert_eq!(body["status"], *expected, "{file}");
         } else if *status == 202 {
             accepted.push(body["task_id"].as_str().unwrap().to_owned());
         } else if *status == 200 {

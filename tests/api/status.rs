@@ -82,7 +82,7 @@ async fn status_moves_from_accepted_to_completed_with_exact_counts() {
     assert_eq!(before["status"], "accepted");
     assert_eq!(
         before["recipients"],
-        json!({"planned": 0, "sent": 0, "skipped": 0, "failed": 0})
+        json!({"planned": 0, "sent": 0, "skipped": 0, "failed": 0, "cancelled": 0})
     );
 
     app.run_worker_until_queue_is_empty().await;
@@ -93,7 +93,7 @@ async fn status_moves_from_accepted_to_completed_with_exact_counts() {
     // 260 contacts: 131 want a section; the other three patterns of 43 do not.
     assert_eq!(
         after["recipients"],
-        json!({"planned": 260, "sent": 131, "skipped": 129, "failed": 0})
+        json!({"planned": 260, "sent": 131, "skipped": 129, "failed": 0, "cancelled": 0})
     );
     assert!(after["updated_at"].as_str().unwrap() >= after["created_at"].as_str().unwrap());
 
@@ -207,7 +207,7 @@ async fn a_redelivered_chunk_after_partial_ses_failures_sends_each_recipient_onc
     assert_eq!(task["status"], "completed");
     assert_eq!(
         task["recipients"],
-        json!({"planned": 30, "sent": 30, "skipped": 0, "failed": 0})
+        json!({"planned": 30, "sent": 30, "skipped": 0, "failed": 0, "cancelled": 0})
     );
 }
 
@@ -293,7 +293,7 @@ async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sen
     assert_eq!(task["status"], "completed_with_errors");
     assert_eq!(
         task["recipients"],
-        json!({"planned": 6, "sent": 0, "skipped": 0, "failed": 6})
+        json!({"planned": 6, "sent": 0, "skipped": 0, "failed": 6, "cancelled": 0})
     );
     assert_eq!(task["failures"][0]["part"], "delivery p0-c0");
     assert!(app.recipients().await.is_empty());
@@ -312,7 +312,7 @@ async fn after_an_outage_a_redrive_from_the_dlq_delivers_to_everyone_not_yet_sen
     assert_eq!(task["status"], "completed");
     assert_eq!(
         task["recipients"],
-        json!({"planned": 6, "sent": 6, "skipped": 0, "failed": 0})
+        json!({"planned": 6, "sent": 6, "skipped": 0, "failed": 0, "cancelled": 0})
     );
     assert!(task.get("failures").is_none(), "{task}");
 }

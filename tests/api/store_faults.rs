@@ -212,7 +212,7 @@ async fn assert_delivered_exactly_once(app: &TestApp, proxy: &DynamoDbProxy, tas
     assert_eq!(status["status"], "completed", "{status}");
     assert_eq!(
         status["recipients"],
-        json!({"planned": OPTED_IN + OPTED_OUT, "sent": OPTED_IN, "skipped": OPTED_OUT, "failed": 0}),
+        json!({"planned": OPTED_IN + OPTED_OUT, "sent": OPTED_IN, "skipped": OPTED_OUT, "failed": 0, "cancelled": 0}),
         "{status}"
     );
     assert!(status.get("failures").is_none(), "{status}");

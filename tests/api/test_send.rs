@@ -125,7 +125,7 @@ async fn a_test_send_reaches_exactly_its_deliverable_addresses_with_their_sectio
     assert_eq!(status["status"], "completed");
     assert_eq!(
         status["recipients"],
-        json!({"planned": 3, "sent": 2, "skipped": 1, "failed": 0})
+        json!({"planned": 3, "sent": 2, "skipped": 1, "failed": 0, "cancelled": 0})
     );
     assert_eq!(status["unmatched_topics"], json!(["cobol"]));
 }

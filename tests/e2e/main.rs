@@ -4,7 +4,7 @@
 use local_stack::event_source::Trigger;
 use local_stack::outbox::SentEmail;
 use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
-use local_stack::subscribers::ContactList;
+use local_stack::subscribers::{ContactList, Subscriber};
 use local_stack::{Settings, repository_root};
 use std::future::Future;
 use std::sync::Arc;
@@ -13,9 +13,22 @@ use std::time::Duration;
 mod contract;
 
 async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
+    let demo = ContactList::load(&repository_root().join("dev/subscribers.json"))
+        .expect("demo subscribers");
+    start_stack_with(name, visibility_timeout, demo, 100.0).await
+}
+
+/// The stack of `make dev` with the contact list `audience`, its worker sending at
+/// `max_send_rate` emails per second.
+async fn start_stack_with(
+    name: &str,
+    visibility_timeout: u32,
+    audience: ContactList,
+    max_send_rate: f64,
+) -> LocalStack {
     let root = repository_root();
     let settings = Settings {
-        audience: ContactList::load(&root.join("dev/subscribers.json")).expect("demo subscribers"),
+        audience,
         visibility_timeout,
         // The tests' stacks share one DynamoDB Local.
         table_name: local_stack::dynamodb_local::unique_table_name("newsletter-tasks"),
@@ -26,7 +39,7 @@ async fn start_stack(name: &str, visibility_timeout: u32) -> LocalStack {
         dynamodb: DynamoDb::Shared,
         lambda_port: 0,
         settings,
-        max_send_rate: 100.0,
+        max_send_rate,
         max_concurrency: 1,
         trigger: Trigger {
             batch_size: 10,
@@ -147,7 +160,7 @@ async fn a_posted_newsletter_reaches_each_subscriber_as_their_preferences_say() 
     assert_eq!(received(&emails), expected);
     assert_eq!(
         status().await["recipients"],
-        serde_json::json!({"planned": 6, "sent": 3, "skipped": 3, "failed": 0})
+        serde_json::json!({"planned": 6, "sent": 3, "skipped": 3, "failed": 0, "cancelled": 0})
     );
 }
 
@@ -190,4 +203,69 @@ async fn a_poison_job_ends_in_the_dead_letter_queue_and_the_jobs_around_it_are_d
     assert!(dead[0].body().unwrap_or_default().contains("not-a-uuid"));
     assert_eq!(emails_of(&stack, &before).await.len(), expected);
     assert_eq!(emails_of(&stack, &after).await.len(), expected);
+}
+
+/// Emails per second of the worker in the cancel test: slow enough that the task runs for a
+/// while (120 recipients: 12 s), so the cancel lands mid-send.
+const SLOW_SEND_RATE: f64 = 10.0;
+
+#[tokio::test]
+async fn a_running_task_cancelled_through_the_api_stops_and_ends_cancelled_with_exact_counts() {
+    let demo = ContactList::load(&repository_root().join("dev/subscribers.json"))
+        .expect("demo subscribers");
+    let readers = ContactList {
+        subscribers: (0..120)
+            .map(|i| Subscriber {
+                email: format!("reader{i:03}@example.com"),
+                topics: Default::default(),
+                unsubscribe_all: false,
+            })
+            .collect(),
+        ..demo
+    };
+    let stack = start_stack_with("cancel", 360, readers, SLOW_SEND_RATE).await;
+    let task_id = post_newsletter(&stack).await;
+    let task_url = format!("{}/{task_id}", stack.newsletters_url());
+    let status = || async {
+        let response = reqwest::get(&task_url).await.expect("the status answers");
+        response
+            .json::<serde_json::Value>()
+            .await
+            .expect("a JSON status")
+    };
+
+    // Under way: some emails are out when the cancel comes.
+    run_until(&stack, Duration::from_secs(120), || async {
+        emails_of(&stack, &task_id).await.len() >= 10
+    })
+    .await;
+    let sent_before = emails_of(&stack, &task_id).await.len();
+    let response = reqwest::Client::new()
+        .delete(&task_url)
+        .send()
+        .await
+        .expect("accept answers");
+    assert_eq!(response.status(), 202);
+    let cancelled: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelling", "{cancelled}");
+
+    run_until(&stack, Duration::from_secs(120), || async {
+        status().await["status"] == "cancelled"
+    })
+    .await;
+    let sent = emails_of(&stack, &task_id).await.len();
+    // What the worker may still start after the cancel: rate x (check interval + the limiter's
+    // 1 s burst), plus the few in flight (moto answers in milliseconds).
+    let bound = (SLOW_SEND_RATE * 3.0) as usize + 2;
+    assert!(
+        sent - sent_before <= bound,
+        "{} sent after the cancel, bound {bound}",
+        sent - sent_before
+    );
+    let done = status().await;
+    let counts = &done["recipients"];
+    assert_eq!(counts["sent"], sent, "{done}");
+    assert_eq!(counts["planned"], 120);
+    assert_eq!(counts["cancelled"], 120 - sent, "{done}");
+    assert_eq!(counts["failed"], 0);
 }

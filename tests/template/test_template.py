@@ -187,6 +187,7 @@ ROUTES = {
     "POST /newsletters/{task_id}/resume": "AcceptFunction",
     "POST /newsletters/test": "AcceptFunction",
     "POST /newsletters/preview": "AcceptFunction",
+    "DELETE /newsletters/{task_id}": "AcceptFunction",
 }
 
 

@@ -1,6 +1,7 @@
-//! Campaign control: pausing a task and resuming it where it stopped. One implementation for
-//! every way in: accept's `POST /newsletters/{task_id}/pause` and `…/resume`, and the worker's
-//! `{"resume": "<task id>"}` event (the operator's way out of a pause SES caused).
+//! Campaign control: pausing a task, resuming it where it stopped, and cancelling it. One
+//! implementation for every way in: accept's `POST /newsletters/{task_id}/pause`, `…/resume`
+//! and `DELETE /newsletters/{task_id}`, and the worker's `{"resume": "<task id>"}` event (the
+//! operator's way out of a pause SES caused).
 //!
 //! A pause is an overlay on the task's status ([`PauseStore`]): the worker reads it at the start
 //! of each chunk and, during a chunk, at most every [`crate::sending::CONTROL_CHECK_INTERVAL`];
@@ -8,10 +9,19 @@
 //! the task back and queues the parked chunks again; the store knows who was sent, so nobody is
 //! sent twice and nobody is skipped. Both are idempotent: pausing a paused task or resuming a
 //! running one changes nothing and answers the same, so a caller may retry either.
+//!
+//! A cancel moves the task to `cancelling` (ending any pause). Chunks see it the way they see a
+//! pause, and count what they did not send as `cancelled` instead of parking; the chunks parked
+//! by a pause are counted here at once. The task ends `cancelled` when every chunk is counted
+//! and planning has stopped (at the first page it had not planned yet), so its counts are exact:
+//! `sent` is what went out, `cancelled` what never will.
 
 use crate::domain::{PauseCode, TaskId, TaskRecord, TaskStatus};
 use crate::message::{DecodeError, Message};
-use crate::ports::{MessageQueue, PauseStore, QueueError, StoreError, TaskStore};
+use crate::ports::{
+    Accounting, ChunkStore, MessageQueue, PauseStore, QueueError, StoreError, TaskStore,
+};
+use crate::status::complete_if_done;
 use tracing::Instrument;
 
 /// Why a pause or a resume was not done.
@@ -19,9 +29,12 @@ use tracing::Instrument;
 pub enum ControlError {
     #[error("no task {0}")]
     NotFound(TaskId),
-    /// Nothing is left to pause or resume.
-    #[error("the task is {}: it can no longer be paused or resumed", .0.as_str())]
+    /// Nothing is left to pause, resume or cancel.
+    #[error("the task is {}: it can no longer be paused, resumed or cancelled", .0.as_str())]
     Finished(TaskStatus),
+    /// A cancelled task is not paused or resumed: it sends nothing more either way.
+    #[error("the task is {}: it can no longer be paused or resumed", .0.as_str())]
+    Cancelled(TaskStatus),
     /// A parked chunk's stored message does not decode (it was written by another version):
     /// the resume stops there, leaving it and the chunks after it parked, and fails.
     #[error("parked chunk {chunk_id} cannot be read: {source}")]
@@ -112,7 +125,62 @@ where
     .await
 }
 
-/// The task, if it exists and is not finished.
+/// Cancels the task: nothing more of it is sent, by any instance, once each has seen the
+/// cancel (at a chunk's start, and during one at most every
+/// [`crate::sending::CONTROL_CHECK_INTERVAL`]); see the module comment. Allowed while the task
+/// is accepted, planning, sending or paused; cancelling a cancelling task changes nothing and
+/// answers the same, so a caller may retry. Returns the task as it is now: `cancelling`, or
+/// `cancelled` if nothing was left in flight.
+pub async fn cancel<Q, S>(queue: &Q, store: &S, task_id: TaskId) -> Result<TaskRecord, ControlError>
+where
+    Q: MessageQueue,
+    S: TaskStore + PauseStore + ChunkStore,
+{
+    async {
+        let before = store
+            .get(task_id)
+            .await?
+            .ok_or(ControlError::NotFound(task_id))?;
+        if before.status.is_finished() {
+            return Err(ControlError::Finished(before.status));
+        }
+        if store.cancel(task_id).await? {
+            tracing::info!("task cancelled on request");
+        }
+        // No chunk parks once the pause is gone, so the list read now is complete. A parked
+        // chunk gave its lease up; one that is held anyway goes back on the queue, where the
+        // worker counts it.
+        for (chunk_id, message) in store.parked(task_id).await? {
+            let message =
+                Message::decode(&message).map_err(|source| ControlError::UnreadableParked {
+                    chunk_id: chunk_id.clone(),
+                    source,
+                })?;
+            let size = match &message {
+                Message::Delivery(delivery) => delivery.recipients.len(),
+                Message::Job(_) => 0,
+            };
+            if store.cancel_unsettled(task_id, &chunk_id, size).await? == Accounting::Held {
+                queue.send_all(&[message]).await?;
+            }
+            store.unpark(task_id, &chunk_id).await?;
+        }
+        complete_if_done(store, task_id).await?;
+        let after = store
+            .get(task_id)
+            .await?
+            .ok_or(ControlError::NotFound(task_id))?;
+        // Refused: it finished in between (every email went out before the cancel).
+        if !after.status.is_cancelled() {
+            return Err(ControlError::Finished(after.status));
+        }
+        Ok(after)
+    }
+    .instrument(tracing::info_span!("task", %task_id))
+    .await
+}
+
+/// The task, if it exists and is neither finished nor cancelled.
 async fn running(store: &impl TaskStore, task_id: TaskId) -> Result<TaskRecord, ControlError> {
     let task = store
         .get(task_id)
@@ -120,6 +188,9 @@ async fn running(store: &impl TaskStore, task_id: TaskId) -> Result<TaskRecord, 
         .ok_or(ControlError::NotFound(task_id))?;
     if task.status.is_finished() {
         return Err(ControlError::Finished(task.status));
+    }
+    if task.status.is_cancelled() {
+        return Err(ControlError::Cancelled(task.status));
     }
     Ok(task)
 }

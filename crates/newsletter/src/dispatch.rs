@@ -12,6 +12,7 @@ use crate::ports::{
     MessageQueue, PageState, PauseStore, PlanStore, QueueError, StoreError, TaskStore,
 };
 use crate::sending::{Budget, ChunkOutcome, Halt, SendReport, Sender};
+use crate::status::complete_if_done;
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
@@ -200,9 +201,13 @@ where
     /// Plans the page the job points at, once: the plan is stored and counted before any of its
     /// messages is queued, so a retry at any step queues the same messages again (duplicates of
     /// deliveries change nothing; a duplicate of the next page's job finds that page planned).
+    ///
+    /// A cancelled task plans no new page: planning stops at the first page not recorded yet.
+    /// A page recorded already is queued all the same, so that its chunks are accounted.
     async fn plan(&self, job: &Job) -> Result<(), WorkError> {
-        if self.withdrawn(job).await? {
-            return Ok(());
+        let stopped = self.planning_stopped(job).await?;
+        if stopped == Some(TaskStatus::Withdrawn) {
+            return self.stop_planning(job).await;
         }
         let plan = match self.store.page_state(job.task_id, job.page()).await? {
             PageState::Enqueued => {
@@ -210,12 +215,15 @@ where
                 return self.complete_if_done(job.task_id).await;
             }
             PageState::Planned(plan) => plan,
+            PageState::Unplanned if stopped.is_some() => return self.stop_planning(job).await,
             PageState::Unplanned => {
                 let plan = self.read_page(job).await?;
                 match self.store.record_page(job.task_id, plan).await {
                     Ok(plan) => plan,
-                    // Withdrawn since the look above: that is why the page was refused.
-                    Err(_) if self.withdrawn(job).await? => return Ok(()),
+                    // Withdrawn or cancelled since the look above: why the page was refused.
+                    Err(_) if self.planning_stopped(job).await?.is_some() => {
+                        return self.stop_planning(job).await;
+                    }
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -223,18 +231,33 @@ where
         self.enqueue_page(job, &plan).await
     }
 
-    /// Whether the job's task is withdrawn (its accept answered 503, so it is never planned:
-    /// the job is dropped). A job of a task that has no record is not planned either, but
-    /// fails, so that it ends in the dead-letter queue for someone to look at.
-    async fn withdrawn(&self, job: &Job) -> Result<bool, WorkError> {
+    /// The status of the job's task if it plans nothing more: withdrawn (its accept answered
+    /// 503, so it is never planned: the job is dropped) or cancelled. A job of a task that has
+    /// no record is not planned either, but fails, so that it ends in the dead-letter queue for
+    /// someone to look at.
+    async fn planning_stopped(&self, job: &Job) -> Result<Option<TaskStatus>, WorkError> {
         let Some(task) = self.store.get(job.task_id).await? else {
             return Err(WorkError::UnknownTask(job.task_id));
         };
-        let withdrawn = task.status == TaskStatus::Withdrawn;
-        if withdrawn {
+        Ok(
+            (task.status == TaskStatus::Withdrawn || task.status.is_cancelled())
+                .then_some(task.status),
+        )
+    }
+
+    /// Ends planning before the job's page: a withdrawn task's job is dropped; a cancelled
+    /// task counts as planned with the pages it has, and may be done now.
+    async fn stop_planning(&self, job: &Job) -> Result<(), WorkError> {
+        if self.planning_stopped(job).await? == Some(TaskStatus::Withdrawn) {
             tracing::info!(page = job.page(), "job of a withdrawn task dropped");
+            return Ok(());
         }
-        Ok(withdrawn)
+        self.store.stop_planning(job.task_id, job.page()).await?;
+        tracing::info!(
+            page = job.page(),
+            "task cancelled: planning stopped before this page"
+        );
+        self.complete_if_done(job.task_id).await
     }
 
     /// Reads the page the job points at and plans it.
@@ -315,10 +338,10 @@ where
             return Err(WorkError::UnknownTask(delivery.task_id));
         };
         // The same decision the sender makes during the chunk (`Halt`), made before it starts.
-        if let Some(Halt::Paused) = Halt::of(task.status)
-            && self.park(delivery).await?
-        {
-            return Ok(());
+        match Halt::of(task.status) {
+            Some(Halt::Paused) if self.park(delivery).await? => return Ok(()),
+            Some(Halt::Cancelled) => return self.cancel_chunk(delivery).await,
+            _ => {}
         }
         let outcome = self
             .sender
@@ -359,6 +382,10 @@ where
             ChunkOutcome::Halted(report, Halt::Paused) => {
                 log(&report, false);
                 self.park_or_hand_back(delivery).await
+            }
+            ChunkOutcome::Halted(report, Halt::Cancelled) => {
+                log(&report, false);
+                self.cancel_chunk(delivery).await
             }
             ChunkOutcome::Unfinished(report) => {
                 log(&report, false);
@@ -411,6 +438,21 @@ where
         Ok(parked)
     }
 
+    /// The chunk's task is cancelled: what it has not sent is counted cancelled, and the task
+    /// may be done. A live lease on it (a duplicate message while another invocation sends it,
+    /// which sees the cancel within a check) sends the message back to SQS for later.
+    async fn cancel_chunk(&self, delivery: &Delivery) -> Result<(), WorkError> {
+        let (task_id, chunk_id) = (delivery.task_id, &delivery.chunk_id);
+        let size = delivery.recipients.len();
+        match self.store.cancel_unsettled(task_id, chunk_id, size).await? {
+            Accounting::Accounted => {
+                tracing::info!(chunk = %chunk_id, "task cancelled: chunk accounted, not sent further");
+                self.complete_if_done(task_id).await
+            }
+            Accounting::Held => Err(WorkError::Busy(chunk_id.clone())),
+        }
+    }
+
     /// Resumes a paused task where it stopped (see [`control::resume`], which accept's
     /// `POST /newsletters/{task_id}/resume` runs too).
     pub async fn resume(&self, task_id: TaskId) -> Result<ResumeReport, ControlError> {
@@ -421,25 +463,13 @@ where
         })
     }
 
-    /// Moves the task to its final status if every recipient is accounted for. Many invocations
-    /// may try; the store lets exactly one succeed, and that one logs the completion.
+    /// Moves the task to its final status if every recipient is accounted for (see
+    /// [`complete_if_done`]).
     async fn complete_if_done(&self, task_id: TaskId) -> Result<(), WorkError> {
-        let Some(task) = self.store.get(task_id).await? else {
-            return Err(WorkError::UnknownTask(task_id));
-        };
-        if let Some(status) = task.completion()
-            && self.store.finish(task_id, status).await?
-        {
-            tracing::info!(
-                status = status.as_str(),
-                planned = task.recipients.planned,
-                sent = task.recipients.sent,
-                skipped = task.recipients.skipped,
-                failed = task.recipients.failed,
-                "task completed"
-            );
+        match complete_if_done(&self.store, task_id).await? {
+            Some(_) => Ok(()),
+            None => Err(WorkError::UnknownTask(task_id)),
         }
-        Ok(())
     }
 
     /// Accounts for every message in the dead-letter queue on its task, and leaves each there
@@ -518,7 +548,7 @@ where
         let task_id = message.task_id();
         let span = tracing::info_span!("task", %task_id);
         async {
-            match self.store.get(task_id).await? {
+            let cancelled = match self.store.get(task_id).await? {
                 None => {
                     tracing::warn!(
                         "a dead letter names a task without a record; nothing to account"
@@ -530,9 +560,20 @@ where
                     tracing::info!("a dead letter of a withdrawn task; nothing to account");
                     return Ok(true);
                 }
-                Some(_) => {}
-            }
+                Some(task) => task.status.is_cancelled(),
+            };
             match &message {
+                // Not failed: nobody would have sent it anyway.
+                Message::Delivery(delivery) if cancelled => {
+                    let size = delivery.recipients.len();
+                    let accounting = self
+                        .store
+                        .cancel_unsettled(task_id, &delivery.chunk_id, size)
+                        .await?;
+                    if accounting == Accounting::Held {
+                        return Ok(false);
+                    }
+                }
                 Message::Delivery(delivery) => {
                     let failure = PartFailure::delivery(&delivery.chunk_id);
                     let accounting = self

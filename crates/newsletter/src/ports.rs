@@ -200,8 +200,8 @@ pub trait TaskStore: Send + Sync {
         failure: PartFailure,
         stops_planning_at: Option<u32>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Moves the task to the final `status` unless it is there already or completed, ending any
-    /// pause. `true` for the one caller that made the move.
+    /// Moves the task to the final `status` unless it is there already, completed or cancelled,
+    /// ending any pause. `true` for the one caller that made the move.
     fn finish(
         &self,
         task_id: TaskId,
@@ -217,6 +217,20 @@ pub trait TaskStore: Send + Sync {
         &self,
         task_id: TaskId,
     ) -> impl Future<Output = Result<Withdrawal, StoreError>> + Send;
+    /// Cancels an accepted, planning or sending task (paused or not): one conditional write to
+    /// `cancelling`, ending any pause. From then on no page of it is planned (the move that
+    /// [`PlanStore::record_page`] makes is refused), no chunk of it parks, and it does not
+    /// pause; its chunks are accounted by [`ChunkStore::cancel_unsettled`]. `false`, changing
+    /// nothing, if it is cancelling already, finished, or has no record.
+    fn cancel(&self, task_id: TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Planning of a cancelled task stops before `page`, which was never planned: the task counts
+    /// as planned once its earlier pages are (as after [`TaskStore::record_failure`] with
+    /// `stops_planning_at`). Idempotent.
+    fn stop_planning(
+        &self,
+        task_id: TaskId,
+        page: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The answer to [`TaskStore::withdraw`].
@@ -324,7 +338,7 @@ pub trait PlanStore: Send + Sync {
     /// is stored already, it is returned (and counted already); otherwise `plan` is returned.
     /// Recording a page also clears a planning failure of that page, and reopens planning.
     /// Refused (an error: nothing counted, the page stays unplanned) on a task that has no
-    /// record or is withdrawn ([`TaskStore::withdraw`]).
+    /// record, is withdrawn ([`TaskStore::withdraw`]) or cancelled ([`TaskStore::cancel`]).
     fn record_page(
         &self,
         task_id: TaskId,
@@ -355,6 +369,8 @@ pub struct ChunkProgress {
     pub rejected: BTreeSet<u16>,
     /// Given up on when the chunk reached the dead-letter queue: sent again after a redrive.
     pub failed: BTreeSet<u16>,
+    /// Never to be sent: the task was cancelled first (counted on the task as `cancelled`).
+    pub cancelled: BTreeSet<u16>,
     /// What has been counted on the task so far: (sent, failed or rejected).
     pub counted: (u64, u64),
 }
@@ -362,7 +378,16 @@ pub struct ChunkProgress {
 impl ChunkProgress {
     /// Whether the recipient at `position` still needs the email (never settled, or failed).
     pub fn owes(&self, position: u16) -> bool {
-        !self.sent.contains(&position) && !self.rejected.contains(&position)
+        !self.sent.contains(&position)
+            && !self.rejected.contains(&position)
+            && !self.cancelled.contains(&position)
+    }
+
+    /// The positions of a chunk of `size` that nothing has settled or given up on yet.
+    pub fn unsettled(&self, size: usize) -> Vec<u16> {
+        (0..size as u16)
+            .filter(|position| self.owes(*position) && !self.failed.contains(position))
+            .collect()
     }
 
     /// What the task's counters should hold for this chunk: (sent, failed or rejected).
@@ -491,6 +516,17 @@ pub trait ChunkStore: Send + Sync {
         size: usize,
         failure: PartFailure,
     ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
+    /// The chunk's task is cancelled: every recipient not settled (nor failed) becomes
+    /// cancelled, the chunk is done (leasing it answers [`Lease::Finished`]), and the task's
+    /// counters get what the chunk settled beyond what they hold for it plus the cancelled
+    /// recipients, all at once, unless a live lease is held. A chunk is cancelled once:
+    /// calling it again, or on a finished chunk, changes nothing.
+    fn cancel_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+    ) -> impl Future<Output = Result<Accounting, StoreError>> + Send;
 }
 
 /// Pausing a task (its sends SES refuses account-wide, or a caller asked), and resuming it
@@ -501,7 +537,8 @@ pub trait ChunkStore: Send + Sync {
 /// # Contract
 /// - A pause MUST NOT hide the task's own status from planning: planning goes on writing it.
 /// - A pause MUST NOT outlive the task: moving it to a final status ([`TaskStore::finish`],
-///   [`TaskStore::withdraw`]) ends the pause, and a finished task never pauses.
+///   [`TaskStore::withdraw`]) or cancelling it ([`TaskStore::cancel`]) ends the pause, and a
+///   finished or cancelled task never pauses.
 /// - A parked chunk's message MUST be kept until `unpark`, and MUST be returned by `parked`
 ///   until then, whatever the task's status.
 pub trait PauseStore: Send + Sync {

@@ -61,13 +61,15 @@ const LEASE_SKEW: Duration = Duration::from_secs(2);
 pub const CONTROL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why a chunk stops for its task's sake, not its own: the task's status says to send nothing
-/// more for now. The chunk records what settled, gives its lease up, and the dispatcher parks
-/// it. One place decides it, at the chunk's start and during it, so that a status added later
-/// (a cancelled task, say) stops chunks by the same path.
+/// more. The chunk records what settled and gives its lease up; the dispatcher parks it or
+/// accounts it cancelled. One place decides it, at the chunk's start and during it, so that a
+/// pause and a cancel stop chunks by the same path, within the same bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Halt {
     /// Paused (on request, or by SES refusing the account): the chunk is parked until resumed.
     Paused,
+    /// Cancelled: what the chunk did not send is counted cancelled, and it is done.
+    Cancelled,
 }
 
 impl Halt {
@@ -75,6 +77,7 @@ impl Halt {
     pub fn of(status: TaskStatus) -> Option<Self> {
         match status {
             TaskStatus::Paused => Some(Self::Paused),
+            TaskStatus::Cancelling | TaskStatus::Cancelled => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -227,9 +230,9 @@ pub enum ChunkOutcome {
     /// SES refused [`ACCOUNT_FAILURES_TO_PAUSE`] sends in a row account-wide: the chunk stopped
     /// (what was settled is recorded, the lease given up) and its task should pause.
     Refused(SendReport, PauseCode),
-    /// A check during the chunk found its task halted (paused): the chunk stopped starting
-    /// sends, waited for those in flight, recorded what settled and gave its lease up. Nobody is
-    /// counted failed for it; the recipients left are in `report.unsent`.
+    /// A check during the chunk found its task halted (paused, cancelled): the chunk stopped
+    /// starting sends, waited for those in flight, recorded what settled and gave its lease up.
+    /// Nobody is counted failed for it; the recipients left are in `report.unsent`.
     Halted(SendReport, Halt),
 }
 
@@ -277,6 +280,35 @@ impl<'a> Renders<'a> {
         self.kept.truncate(RENDERED_KEPT - 1);
         self.kept.push_front((topics, email.clone()));
         email
+    }
+}
+
+/// The chunk's stop for its task's sake, as the sends waiting for their turn see it: they wake
+/// at once, not at their turn (up to `window / rate` later: seconds at low rates), so the chunk
+/// gives its lease up, and is parked or counted, as soon as its sends under way have ended.
+#[derive(Default)]
+struct Halting {
+    halted: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Halting {
+    fn halt(&self) {
+        self.halted.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
+    /// Waits until `slot`; `false` if the chunk halted before (or while) it waited.
+    async fn wait_until(&self, slot: Instant) -> bool {
+        // Registered before the flag is read: a halt in between still wakes it.
+        let woken = self.wake.notified();
+        if self.halted.load(Ordering::Relaxed) {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(slot) => !self.halted.load(Ordering::Relaxed),
+            () = woken => false,
+        }
     }
 }
 
@@ -357,7 +389,7 @@ impl<M: Mailer> Sender<M> {
 
         // Set with `halted`: sends booked on the rate but still waiting for their turn see it
         // and do not start (a send under way is not cut off: SES may have taken it).
-        let halting = AtomicBool::new(false);
+        let halting = Halting::default();
         let mut renders = Renders::new(delivery);
         let mut sends = FuturesUnordered::new();
         let mut unrecorded = Settled::default();
@@ -448,7 +480,7 @@ impl<M: Mailer> Sender<M> {
                             if let Some(halt) = Halt::of(task.status) {
                                 tracing::info!(chunk, status = task.status.as_str(), "task halted; stopping the chunk");
                                 halted = Some(halt);
-                                halting.store(true, Ordering::Relaxed);
+                                halting.halt();
                                 stopped = true;
                             }
                         }
@@ -508,7 +540,7 @@ impl<M: Mailer> Sender<M> {
         email: Arc<RenderedEmail>,
         slot: Instant,
         budget: &Budget,
-        halting: &AtomicBool,
+        halting: &Halting,
     ) -> (u16, SendOutcome, usize) {
         let recipient = &delivery.recipients[usize::from(position)];
         let topic = match recipient.topics.as_slice() {
@@ -517,9 +549,8 @@ impl<M: Mailer> Sender<M> {
         };
         let (mut slot, mut throttled, mut transient_failures) = (slot, 0, 0);
         loop {
-            tokio::time::sleep_until(slot).await;
             // The task halted while this send waited for its turn: it does not start.
-            if halting.load(Ordering::Relaxed) {
+            if !halting.wait_until(slot).await {
                 return (
                     position,
                     SendOutcome::Unsent { transient_failures },

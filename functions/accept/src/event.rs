@@ -19,7 +19,9 @@ use lambda_http::{
     },
     request::LambdaRequest,
 };
-use newsletter::ports::{ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::ports::{
+    ChunkStore, ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore,
+};
 use std::net::Ipv6Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -35,7 +37,7 @@ pub enum EventError {
 impl<Q, S, D> App<Q, S, D>
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
     D: ContactDirectory,
 {
     /// Answers one Lambda event with the response its origin expects (API Gateway REST or HTTP

@@ -1,8 +1,8 @@
 //! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id),
-//! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`
-//! and `…/resume` control it (202 + its status); `POST /newsletters/test` sends one to a few
-//! addresses (202, a task of kind test) and `POST /newsletters/preview` shows the email a contact
-//! would get (200). Routes, checks the media type and headers,
+//! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`,
+//! `…/resume` and `DELETE /newsletters/{task_id}` control it (202 + its status);
+//! `POST /newsletters/test` sends one to a few addresses (202, a task of kind test) and
+//! `POST /newsletters/preview` shows the email a contact would get (200). Routes, checks the media type and headers,
 //! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
 pub mod event;
@@ -12,11 +12,13 @@ mod routes;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::{
     Body, Request, RequestExt, Response,
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
 };
 use newsletter::control::{self, ControlError};
 use newsletter::domain::{EmailAddress, TaskKind, TaskRecord};
-use newsletter::ports::{ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::ports::{
+    ChunkStore, ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore,
+};
 use newsletter::preview::{Preview, PreviewError, preview};
 use newsletter::status::{StatusError, parse_task_id, task_status};
 use newsletter::submit::{Deadline, SubmitError, submit, submit_test};
@@ -95,6 +97,7 @@ impl AcceptError {
 enum Control {
     Pause,
     Resume,
+    Cancel,
 }
 
 #[derive(Serialize)]
@@ -106,7 +109,7 @@ struct Accepted {
 impl<Q, S, D> App<Q, S, D>
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
     D: ContactDirectory,
 {
     pub fn new(queue: Q, store: S, directory: D) -> Self {
@@ -131,6 +134,9 @@ where
                 .map(accepted),
             Some(Route::Test) => self.accept(&request, TaskKind::Test).await.map(accepted),
             Some(Route::Preview) => self.preview(&request).await.map(previewed),
+            Some(Route::Task(id)) if request.method() == Method::DELETE => {
+                self.control(id, Control::Cancel).await.map(controlled)
+            }
             Some(Route::Task(id)) => task_status(&self.store, id)
                 .await
                 .map(status)
@@ -148,7 +154,7 @@ where
         })
     }
 
-    /// Pauses or resumes the task `raw_id` names; its record after that.
+    /// Pauses, resumes or cancels the task `raw_id` names; its record after that.
     async fn control(&self, raw_id: &str, control: Control) -> Result<TaskRecord, AcceptError> {
         let task_id = parse_task_id(raw_id)?;
         let result = match control {
@@ -156,6 +162,7 @@ where
             Control::Resume => control::resume(&self.queue, &self.store, task_id)
                 .await
                 .map(|resumed| resumed.task),
+            Control::Cancel => control::cancel(&self.queue, &self.store, task_id).await,
         };
         result.map_err(|err| {
             let err = AcceptError::from(err);
@@ -307,7 +314,7 @@ fn status(task: TaskRecord) -> Response<Body> {
     task_response(StatusCode::OK, task, Vec::new())
 }
 
-/// A pause or resume is done: the task's status, as `GET` shows it, at its `Location`.
+/// A pause, resume or cancel is done (or under way): the task's status, as `GET` shows it, at its `Location`.
 fn controlled(task: TaskRecord) -> Response<Body> {
     let location = format!("{NEWSLETTERS_PATH}/{}", task.task_id);
     task_response(

@@ -199,16 +199,22 @@ impl From<AcceptError> for Problem {
                 "Task finished",
                 detail,
             ),
+            AcceptError::Control(ControlError::Cancelled(_)) => Problem::new(
+                StatusCode::CONFLICT,
+                "task-cancelled",
+                "Task cancelled",
+                detail,
+            ),
             AcceptError::Control(ControlError::Store(_)) => Problem::unavailable(
                 "store-unavailable",
-                "the task could not be read or changed; retry later (pause and resume are \
-                     safe to repeat)"
+                "the task could not be read or changed; retry later (pause, resume and cancel \
+                     are safe to repeat)"
                     .into(),
             ),
             AcceptError::Control(ControlError::Queue(_)) => Problem::unavailable(
                 "queue-unavailable",
-                "the task is resumed but some of its parked deliveries could not be queued \
-                     again; retry the resume (it queues the rest, and nobody gets an email twice)"
+                "some of the task's parked deliveries could not be queued again; retry (it \
+                     queues the rest, and nobody gets an email twice)"
                     .into(),
             ),
             // Not cured by a retry: a parked message this version cannot read (the log names it).

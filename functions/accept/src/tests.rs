@@ -55,7 +55,7 @@ struct Answer {
 async fn send<Q, S, D>(app: &App<Q, S, D>, request: Request) -> Answer
 where
     Q: MessageQueue,
-    S: TaskStore + IdempotencyStore + PauseStore,
+    S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
     D: ContactDirectory,
 {
     let response = app.handle(request).await;
@@ -461,7 +461,7 @@ async fn status_of_a_task_in_progress_says_when_to_look_again() {
             "status": "accepted",
             "created_at": "2026-11-25T10:00:00Z",
             "updated_at": "2026-11-25T10:00:00Z",
-            "recipients": {"planned": 0, "sent": 0, "skipped": 0, "failed": 0}
+            "recipients": {"planned": 0, "sent": 0, "skipped": 0, "failed": 0, "cancelled": 0}
         })
     );
 }
@@ -503,14 +503,14 @@ async fn unknown_and_malformed_task_ids() {
         })
     );
     let wrong_method = problem(request(
-        "DELETE",
+        "PUT",
         &format!("/newsletters/{}", TaskId::generate()),
         None,
         Body::Empty,
     ))
     .await;
     assert_eq!(wrong_method.status, 405);
-    assert_eq!(wrong_method.headers[header::ALLOW], "GET");
+    assert_eq!(wrong_method.headers[header::ALLOW], "GET, DELETE");
 }
 
 #[tokio::test]
@@ -920,7 +920,7 @@ async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() 
                 "type": "urn:newsletter-dispatch:problem:task-finished",
                 "title": "Task finished",
                 "status": 409,
-                "detail": "the task is completed: it can no longer be paused or resumed"
+                "detail": "the task is completed: it can no longer be paused, resumed or cancelled"
             }),
             "{action}"
         );
@@ -928,23 +928,164 @@ async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() 
 }
 
 #[tokio::test]
-async fn a_store_outage_during_a_pause_is_503_with_retry_after() {
+async fn a_store_outage_during_a_pause_resume_or_cancel_is_503_with_retry_after() {
     let app = App::new(
         RecordingQueue::default(),
         MemoryStore::unreachable(),
         PagedDirectory::default(),
     );
-    let answer = send(
-        &app,
-        post(&format!("/newsletters/{}/pause", TaskId::generate())),
-    )
-    .await;
-    assert_eq!(answer.status, 503);
+    let task = format!("/newsletters/{}", TaskId::generate());
+    for request in [
+        post(&format!("{task}/pause")),
+        post(&format!("{task}/resume")),
+        delete(&task),
+    ] {
+        let method = request.method().clone();
+        let answer = send(&app, request).await;
+        assert_eq!(answer.status, 503, "{method}");
+        assert_eq!(
+            answer.body["type"],
+            "urn:newsletter-dispatch:problem:store-unavailable"
+        );
+        assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    }
+}
+
+fn delete(path: &str) -> Request {
+    request("DELETE", path, None, Body::Empty)
+}
+
+#[tokio::test]
+async fn cancel_answers_202_with_the_status_and_is_safe_to_repeat() {
+    let app = app();
+    let task_id = accepted_task(&app).await;
+    app.queue.take();
+    let cancelled = send(&app, delete(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(cancelled.status, 202);
+    assert_eq!(cancelled.content_type, "application/json");
     assert_eq!(
-        answer.body["type"],
-        "urn:newsletter-dispatch:problem:store-unavailable"
+        cancelled.headers[header::LOCATION],
+        format!("/newsletters/{task_id}").as_str()
     );
-    assert_eq!(answer.headers[header::RETRY_AFTER], "5");
+    assert_eq!(
+        cancelled.headers[header::RETRY_AFTER],
+        "5",
+        "cancelling is not final"
+    );
+    assert_eq!(cancelled.body["status"], "cancelling");
+    assert_eq!(cancelled.body["recipients"]["cancelled"], 0);
+    let status = send(&app, get(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(cancelled.body, status.body, "the body GET answers");
+    let again = send(&app, delete(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(
+        (again.status, &again.body),
+        (202, &cancelled.body),
+        "a no-op"
+    );
+    assert!(app.queue.take().is_empty(), "nothing queued");
+
+    // Nothing would be sent either way: pause and resume are refused.
+    for action in ["pause", "resume"] {
+        let refused = send(&app, post(&format!("/newsletters/{task_id}/{action}"))).await;
+        assert_eq!(refused.content_type, "application/problem+json");
+        assert_eq!(
+            refused.body,
+            json!({
+                "type": "urn:newsletter-dispatch:problem:task-cancelled",
+                "title": "Task cancelled",
+                "status": 409,
+                "detail": "the task is cancelling: it can no longer be paused or resumed"
+            }),
+            "{action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_of_a_paused_task_counts_its_parked_deliveries_and_ends_it() {
+    let app = app();
+    let task_id = accepted_task(&app).await;
+    app.queue.take();
+    send(&app, post(&format!("/newsletters/{task_id}/pause"))).await;
+    let plan = newsletter::planning::PagePlan {
+        page: 0,
+        chunks: Vec::new(),
+        contacts: 2,
+        skipped: 0,
+        invalid_addresses: 0,
+        next_token: None,
+        unmatched_topics: Vec::new(),
+    };
+    newsletter::ports::PlanStore::record_page(&app.store, task_id, plan)
+        .await
+        .unwrap();
+    let delivery = Message::decode(&format!(
+        r#"{{"version": 1, "kind": "delivery", "task_id": "{task_id}", "chunk_id": "p0-c0",
+            "newsletter": {}, "recipients": [
+              {{"email": "a@example.com", "topics": ["rust"]}},
+              {{"email": "b@example.com", "topics": ["rust"]}}]}}"#,
+        valid_body()
+    ))
+    .unwrap();
+    assert!(
+        app.store
+            .park(task_id, "p0-c0", &delivery.encode())
+            .await
+            .unwrap()
+    );
+
+    let cancelled = send(&app, delete(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(cancelled.status, 202);
+    assert_eq!(
+        cancelled.body["status"], "cancelled",
+        "nothing was in flight"
+    );
+    assert_eq!(cancelled.body["recipients"]["cancelled"], 2);
+    assert!(
+        cancelled.headers.get(header::RETRY_AFTER).is_none(),
+        "final"
+    );
+    assert!(app.store.parked(task_id).await.unwrap().is_empty());
+    assert!(app.queue.take().is_empty());
+    let again = send(&app, delete(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(
+        again.body["detail"],
+        "the task is cancelled: it can no longer be paused, resumed or cancelled"
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_unknown_finished_or_malformed_tasks_are_problems() {
+    let unknown = problem(delete(&format!("/newsletters/{}", TaskId::generate()))).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.body["type"],
+        "urn:newsletter-dispatch:problem:task-not-found"
+    );
+    let malformed = problem(delete("/newsletters/not-a-task")).await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(
+        malformed.body["type"],
+        "urn:newsletter-dispatch:problem:malformed-task-id"
+    );
+    let wrong_method = problem(post(&format!("/newsletters/{}", TaskId::generate()))).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.headers[header::ALLOW], "GET, DELETE");
+
+    let app = app();
+    let task_id = accepted_task(&app).await;
+    app.store.withdraw(task_id).await.unwrap();
+    let finished = send(&app, delete(&format!("/newsletters/{task_id}"))).await;
+    assert_eq!(finished.status, 409);
+    assert_eq!(
+        finished.body["type"],
+        "urn:newsletter-dispatch:problem:task-finished"
+    );
+    assert_eq!(
+        finished.body["detail"],
+        "the task is withdrawn: it can no longer be paused, resumed or cancelled"
+    );
 }
 
 mod new_routes;

@@ -1,5 +1,5 @@
 //! Chunk items (`chunk#<task id>#<chunk id>`): leases, settlements ([`SettleExpression`]),
-//! closing a chunk into its task's counters, and accounting a dead-lettered one.
+//! closing a chunk into its task's counters, and accounting a dead-lettered or cancelled one.
 
 use super::attributes::{AttributeError, Attributes};
 use super::{
@@ -310,6 +310,39 @@ impl ChunkStore for DynamoStore {
         size: usize,
         failure: PartFailure,
     ) -> Result<Accounting, StoreError> {
+        self.account_unsettled(task_id, chunk_id, size, Unsettled::Failed(failure))
+            .await
+    }
+
+    async fn cancel_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+    ) -> Result<Accounting, StoreError> {
+        self.account_unsettled(task_id, chunk_id, size, Unsettled::Cancelled)
+            .await
+    }
+}
+
+/// What the recipients of a chunk that nobody will send any more become.
+enum Unsettled {
+    /// Its message is in the dead-letter queue: failed, until a redrive sends them.
+    Failed(PartFailure),
+    /// Its task is cancelled: never sent, and the chunk is done.
+    Cancelled,
+}
+
+impl DynamoStore {
+    /// Accounts the chunk's unsettled recipients as `how` says, with what it settled beyond
+    /// what the task counts for it, in one transaction, unless a live lease is held.
+    async fn account_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        how: Unsettled,
+    ) -> Result<Accounting, StoreError> {
         let now = epoch_millis(SystemTime::now());
         let item = self.read(chunk_key(task_id, chunk_id)).await?;
         // No item: never leased, nothing settled.
@@ -328,38 +361,51 @@ impl ChunkStore for DynamoStore {
         if held {
             return Ok(Accounting::Held);
         }
-        let unsettled: Vec<u16> = (0..size as u16)
-            .filter(|position| progress.owes(*position) && !progress.failed.contains(position))
-            .collect();
+        let unsettled = progress.unsettled(size);
         let mut after = progress.clone();
-        after.failed.extend(&unsettled);
+        let (set, done, cancelled) = match &how {
+            Unsettled::Failed(_) => {
+                after.failed.extend(&unsettled);
+                ("failed", false, 0)
+            }
+            Unsettled::Cancelled => {
+                after.cancelled.extend(&unsettled);
+                ("cancelled", true, unsettled.len())
+            }
+        };
         let totals = after.totals();
         if unsettled.is_empty() && totals == progress.counted {
             return Ok(Accounting::Accounted);
         }
+        // A chunk is cancelled once: the condition on the set keeps a racing second call from
+        // counting its recipients again.
+        let once = match how {
+            Unsettled::Failed(_) => "",
+            Unsettled::Cancelled => " AND attribute_not_exists(cancelled)",
+        };
         let mut chunk = self
             .update(chunk_key(task_id, chunk_id))
             .update_expression(format!(
-                "{}SET counted_sent = :total_sent, counted_failed = :total_failed, done = :false, \
+                "{}SET counted_sent = :total_sent, counted_failed = :total_failed, done = :done, \
                  #size = :size, expires_at = if_not_exists(expires_at, :expires) \
                  REMOVE holder, lease_until",
                 if unsettled.is_empty() {
-                    ""
+                    String::new()
                 } else {
-                    "ADD failed :unsettled "
+                    format!("ADD {set} :unsettled ")
                 }
             ))
-            .condition_expression(
+            .condition_expression(format!(
                 "attribute_not_exists(pk) OR (counted_sent = :counted_sent \
                  AND counted_failed = :counted_failed \
-                 AND (attribute_not_exists(holder) OR lease_until < :now))",
-            )
+                 AND (attribute_not_exists(holder) OR lease_until < :now){once})"
+            ))
             .expression_attribute_names("#size", "size")
             .expression_attribute_values(":total_sent", n(totals.0))
             .expression_attribute_values(":total_failed", n(totals.1))
             .expression_attribute_values(":counted_sent", n(progress.counted.0))
             .expression_attribute_values(":counted_failed", n(progress.counted.1))
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":done", AttributeValue::Bool(done))
             .expression_attribute_values(":size", n(size))
             .expression_attribute_values(":expires", expires_in(RECORD_LIFETIME))
             .expression_attribute_values(":now", n(now));
@@ -368,17 +414,25 @@ impl ChunkStore for DynamoStore {
         }
         let task = self
             .update(task_key(task_id))
-            .update_expression(
-                "ADD sent :sent, failed :failed SET updated_at = :now, failures.#part = :code",
-            )
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#part", failure.part)
             .expression_attribute_values(":sent", n(totals.0 as i64 - progress.counted.0 as i64))
             .expression_attribute_values(":failed", n(totals.1 as i64 - progress.counted.1 as i64))
-            .expression_attribute_values(":code", s(failure.code.as_str()))
-            .expression_attribute_values(":now", s(now_rfc3339()))
-            .build()
-            .map_err(build_error)?;
+            .expression_attribute_values(":now", s(now_rfc3339()));
+        let task = match how {
+            Unsettled::Failed(failure) => task
+                .update_expression(
+                    "ADD sent :sent, failed :failed SET updated_at = :now, failures.#part = :code",
+                )
+                .expression_attribute_names("#part", failure.part)
+                .expression_attribute_values(":code", s(failure.code.as_str())),
+            Unsettled::Cancelled => task
+                .update_expression(
+                    "ADD sent :sent, failed :failed, cancelled :cancelled SET updated_at = :now",
+                )
+                .expression_attribute_values(":cancelled", n(cancelled)),
+        }
+        .build()
+        .map_err(build_error)?;
         match self
             .transact(vec![
                 TransactWriteItem::builder()
@@ -389,7 +443,7 @@ impl ChunkStore for DynamoStore {
             .await
         {
             Ok(()) => Ok(Accounting::Accounted),
-            // Someone leased or counted it meanwhile: look again on the next sweep.
+            // Someone leased, counted or cancelled it meanwhile: look again later.
             Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => {
                 Ok(Accounting::Held)
             }
@@ -413,6 +467,7 @@ fn chunk_progress(item: &Item) -> Result<ChunkProgress, AttributeError> {
         sent: item.optional_number_set("sent")?.unwrap_or_default(),
         rejected: item.optional_number_set("rejected")?.unwrap_or_default(),
         failed: item.optional_number_set("failed")?.unwrap_or_default(),
+        cancelled: item.optional_number_set("cancelled")?.unwrap_or_default(),
         counted: (item.number("counted_sent")?, item.number("counted_failed")?),
     })
 }

@@ -37,6 +37,7 @@ mod tasks;
 use crate::error::cause;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use newsletter::domain::TaskId;
@@ -173,5 +174,23 @@ fn failed_conditions<R>(err: &SdkError<TransactWriteItemsError, R>) -> Option<Ve
                 })
         }
         _ => None,
+    }
+}
+
+/// Whether a conditional `UpdateItem` took effect: `false` when its condition did not hold.
+fn applied<T, R: std::fmt::Debug + Send + Sync + 'static>(
+    result: Result<T, SdkError<UpdateItemError, R>>,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if matches!(
+                err.as_service_error(),
+                Some(UpdateItemError::ConditionalCheckFailedException(_))
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(store_error(err)),
     }
 }

@@ -3,11 +3,9 @@
 
 use super::attributes::Attributes;
 use super::{
-    DynamoStore, RECORD_LIFETIME, TransactError, build_error, expires_in, now_rfc3339, parked_key,
-    s, store_error, task_key,
+    DynamoStore, RECORD_LIFETIME, TransactError, applied, build_error, expires_in, now_rfc3339,
+    parked_key, s, task_key,
 };
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use newsletter::domain::{PauseCode, TaskId, TaskStatus};
 use newsletter::ports::{PauseStore, StoreError};
@@ -130,23 +128,5 @@ impl PauseStore for DynamoStore {
             Ok(()) | Err(TransactError::Conditions(_)) => Ok(()), // no task: nothing parked
             Err(TransactError::Store(err)) => Err(err),
         }
-    }
-}
-
-/// Whether a conditional `UpdateItem` took effect: `false` when its condition did not hold.
-fn applied<T, R: std::fmt::Debug + Send + Sync + 'static>(
-    result: Result<T, SdkError<UpdateItemError, R>>,
-) -> Result<bool, StoreError> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(err)
-            if matches!(
-                err.as_service_error(),
-                Some(UpdateItemError::ConditionalCheckFailedException(_))
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(err) => Err(store_error(err)),
     }
 }

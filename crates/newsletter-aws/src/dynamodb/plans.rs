@@ -92,11 +92,16 @@ impl PlanStore for DynamoStore {
                 "ADD planned :planned, skipped :skipped, failed :failed, pages_planned :one \
                  SET #status = :status, updated_at = :now{unmatched}{pages}"
             ))
-            // A withdrawn task is never planned: its accept answered 503.
-            .condition_expression("attribute_exists(pk) AND #status <> :withdrawn")
+            // A withdrawn task is never planned: its accept answered 503. A cancelled one plans
+            // nothing more (and its status must not move back to planning or sending).
+            .condition_expression(
+                "attribute_exists(pk) AND NOT #status IN (:withdrawn, :cancelling, :cancelled)",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#part", PartFailure::planning_part(plan.page))
             .expression_attribute_values(":withdrawn", s(TaskStatus::Withdrawn.as_str()))
+            .expression_attribute_values(":cancelling", s(TaskStatus::Cancelling.as_str()))
+            .expression_attribute_values(":cancelled", s(TaskStatus::Cancelled.as_str()))
             .expression_attribute_values(":planned", n(plan.contacts))
             .expression_attribute_values(":skipped", n(plan.skipped))
             .expression_attribute_values(":failed", n(plan.invalid_addresses))
@@ -124,7 +129,7 @@ impl PlanStore for DynamoStore {
             Err(TransactError::Conditions(failed)) if failed.first() == Some(&true) => Ok(plan),
             Err(TransactError::Conditions(_)) => Err(StoreError(
                 format!(
-                    "task {task_id} has no status record or is withdrawn: its pages are not counted"
+                    "task {task_id} has no status record, or is withdrawn or cancelled: its pages are not counted"
                 )
                 .into(),
             )),

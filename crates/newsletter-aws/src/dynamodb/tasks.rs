@@ -3,7 +3,7 @@
 //! chunks (`claims`) and pauses (`pauses`) update it too.
 
 use super::attributes::{AttributeError, Attributes};
-use super::{DynamoStore, Item, expires_in, n, now_rfc3339, s, store_error, task_key};
+use super::{DynamoStore, Item, applied, expires_in, n, now_rfc3339, s, store_error, task_key};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
@@ -33,6 +33,7 @@ impl TaskStore for DynamoStore {
             .item("sent", n(0))
             .item("skipped", n(0))
             .item("failed", n(0))
+            .item("cancelled", n(0))
             .item("pages_planned", n(0))
             // Failures are recorded by part (`SET failures.#part`), which needs the map to exist.
             .item("failures", AttributeValue::M(HashMap::new()))
@@ -105,12 +106,13 @@ impl TaskStore for DynamoStore {
                  REMOVE pause_code, paused_at",
             )
             .condition_expression(
-                "attribute_exists(pk) AND #status <> :status AND #status <> :completed",
+                "attribute_exists(pk) AND NOT #status IN (:status, :completed, :cancelled)",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
+            .expression_attribute_values(":cancelled", s(TaskStatus::Cancelled.as_str()))
             .expression_attribute_values(":mover", s(&mover))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -165,6 +167,46 @@ impl TaskStore for DynamoStore {
             },
         }
     }
+
+    async fn cancel(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", task_key(task_id))
+            // Removing the pause overlay is what lets the cancel show, and what stops chunks
+            // from parking (parking is conditional on it).
+            .update_expression(
+                "SET #status = :cancelling, updated_at = :now REMOVE pause_code, paused_at",
+            )
+            .condition_expression("#status IN (:accepted, :planning, :sending)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":cancelling", s(TaskStatus::Cancelling.as_str()))
+            .expression_attribute_values(":accepted", s(TaskStatus::Accepted.as_str()))
+            .expression_attribute_values(":planning", s(TaskStatus::Planning.as_str()))
+            .expression_attribute_values(":sending", s(TaskStatus::Sending.as_str()))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .send()
+            .await;
+        applied(result)
+    }
+
+    async fn stop_planning(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", task_key(task_id))
+            .update_expression(
+                "SET page_count = if_not_exists(page_count, :page), updated_at = :now",
+            )
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":page", n(page))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
 }
 
 fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, AttributeError> {
@@ -203,6 +245,9 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, AttributeErro
             sent: item.number("sent")?,
             skipped: item.number("skipped")?,
             failed: item.number("failed")?,
+            // Task items created before cancelling existed lack it until a chunk of theirs is
+            // cancelled (`ADD` starts it from 0): none cancelled, which is what they are.
+            cancelled: item.optional_number("cancelled")?.unwrap_or(0),
         },
         planning_done,
         // Written only when some topic matched nothing (the same on every page).

@@ -1,11 +1,12 @@
-//! Pause and resume on the in-memory fakes, through the worker's real dispatcher and sender.
+//! Pause, resume and cancel on the in-memory fakes, through the worker's real dispatcher and
+//! sender.
 
 use super::*;
 use crate::audience::Subscription::OptIn;
 use crate::audience::{Contact, TopicDefaults};
 use crate::dispatch::{Dispatcher, QueueRecord};
-use crate::domain::Newsletter;
 use crate::domain::TaskKind;
+use crate::domain::{Newsletter, Recipients};
 use crate::message::Job;
 use crate::ports::{ContactPage, PlanStore};
 use crate::sending::{CONTROL_CHECK_INTERVAL, SendPolicy, Sender};
@@ -21,28 +22,7 @@ const POLICY: SendPolicy = SendPolicy {
 };
 
 fn worker(contacts: usize) -> Worker {
-    let contacts = (0..contacts)
-        .map(|i| Contact {
-            email: format!("u{i}@x.io"),
-            unsubscribe_all: false,
-            preferences: Default::default(),
-        })
-        .collect();
-    let directory = PagedDirectory {
-        defaults: TopicDefaults([("rust".into(), OptIn)].into()),
-        pages: vec![ContactPage {
-            contacts,
-            next_token: None,
-        }],
-        ..Default::default()
-    };
-    Dispatcher::new(
-        RecordingQueue::default(),
-        directory,
-        Sender::new(RecordingMailer::default(), POLICY),
-        MemoryStore::default(),
-        50,
-    )
+    paged_worker(1, contacts)
 }
 
 /// A recorded task and its job.
@@ -239,6 +219,175 @@ async fn a_finished_task_is_refused_and_an_unknown_one_is_not_found() {
     assert!(matches!(
         resume(queue, &store, unknown).await,
         Err(ControlError::NotFound(_))
+    ));
+}
+
+/// A worker whose contact list comes in `pages` pages of `per_page` contacts, `u0@x.io` on.
+fn paged_worker(pages: usize, per_page: usize) -> Worker {
+    let pages = (0..pages)
+        .map(|page| ContactPage {
+            contacts: (0..per_page)
+                .map(|i| Contact {
+                    email: format!("u{}@x.io", page * per_page + i),
+                    unsubscribe_all: false,
+                    preferences: Default::default(),
+                })
+                .collect(),
+            next_token: (page + 1 < pages).then(|| format!("t{}", page + 1)),
+        })
+        .collect();
+    let directory = PagedDirectory {
+        defaults: TopicDefaults([("rust".into(), OptIn)].into()),
+        pages,
+        ..Default::default()
+    };
+    Dispatcher::new(
+        RecordingQueue::default(),
+        directory,
+        Sender::new(RecordingMailer::default(), POLICY),
+        MemoryStore::default(),
+        50,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_mid_chunk_stops_every_send_within_the_bound_and_ends_with_exact_counts() {
+    // Two pages: the second is not planned yet when the cancel comes, and never will be.
+    let worker = paged_worker(2, 50);
+    let (store, queue) = (worker_store(&worker), worker_queue(&worker));
+    let mailer = worker_mailer(&worker);
+    let (task_id, job) = task_and_job(&store).await;
+    assert!(!run(&worker, &job).await);
+    let mut planned = queue.take();
+    assert_eq!(
+        planned.len(),
+        2,
+        "the first page's chunk and the next page's job"
+    );
+    let chunk = planned.remove(0);
+    let next_page = planned.remove(0);
+
+    let cancelling = {
+        let (store, mailer) = (store.clone(), mailer.clone());
+        let queue = RecordingQueue::default();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = mailer.recipients().len();
+            let cancelled = cancel(&queue, &store, task_id).await.unwrap();
+            (before, cancelled)
+        })
+    };
+    assert!(
+        !run(&worker, &chunk).await,
+        "a cancelled chunk is no failure"
+    );
+    let (sent_before_cancel, answered) = cancelling.await.unwrap();
+    assert_eq!(answered.status, TaskStatus::Cancelling);
+
+    let sent_at_stop = mailer.recipients().len();
+    let bound = POLICY.max_in_flight
+        + (POLICY.emails_per_second * (CONTROL_CHECK_INTERVAL.as_secs_f64() + 1.0)) as usize;
+    assert!(
+        sent_at_stop - sent_before_cancel <= bound,
+        "{} sent after the cancel, bound {bound}",
+        sent_at_stop - sent_before_cancel
+    );
+    assert!(sent_at_stop < 50, "the chunk stopped: {sent_at_stop} sent");
+    // Accounted by the chunk, but planning has not stopped yet: still cancelling.
+    let accounted = store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(accounted.status, TaskStatus::Cancelling);
+    assert_eq!(accounted.recipients.sent, sent_at_stop as u64);
+    assert_eq!(accounted.recipients.cancelled, 50 - sent_at_stop as u64);
+
+    // The next page's job stops planning; a copy of the chunk that comes back sends nothing.
+    assert!(!run(&worker, &next_page).await);
+    assert!(!run(&worker, &chunk).await);
+    assert!(queue.take().is_empty(), "nothing more queued");
+    assert_eq!(
+        mailer.recipients().len(),
+        sent_at_stop,
+        "nothing sent after the stop"
+    );
+    let done = store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    assert_eq!(
+        done.recipients,
+        Recipients {
+            planned: 50,
+            sent: sent_at_stop as u64,
+            skipped: 0,
+            failed: 0,
+            cancelled: 50 - sent_at_stop as u64,
+        },
+        "the unplanned page counts nowhere: nobody was planned there"
+    );
+    assert_eq!(sent(&mailer).len(), sent_at_stop, "nobody twice");
+    assert!(matches!(
+        cancel(queue, &store, task_id).await,
+        Err(ControlError::Finished(TaskStatus::Cancelled))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_paused_task_counts_its_parked_chunks_at_once() {
+    let worker = worker(120);
+    let (store, queue) = (worker_store(&worker), worker_queue(&worker));
+    let (task_id, job) = task_and_job(&store).await;
+    pause(&store, task_id).await.unwrap();
+    assert!(!run(&worker, &job).await);
+    drain(&worker, queue).await;
+    assert_eq!(store.parked(task_id).await.unwrap().len(), 3);
+
+    let cancelled = cancel(queue, &store, task_id).await.unwrap();
+    assert_eq!(
+        cancelled.status,
+        TaskStatus::Cancelled,
+        "nothing was in flight"
+    );
+    assert_eq!(cancelled.pause, None);
+    assert_eq!(cancelled.recipients.cancelled, 120);
+    assert_eq!(cancelled.recipients.sent, 0);
+    assert!(store.parked(task_id).await.unwrap().is_empty());
+    assert!(queue.take().is_empty());
+    assert!(worker_mailer(&worker).recipients().is_empty());
+    assert!(matches!(
+        pause(&store, task_id).await,
+        Err(ControlError::Finished(TaskStatus::Cancelled))
+    ));
+}
+
+#[tokio::test]
+async fn a_task_cancelled_before_planning_plans_nothing_and_a_repeated_cancel_answers_the_same() {
+    let worker = worker(10);
+    let (store, queue) = (worker_store(&worker), worker_queue(&worker));
+    let (task_id, job) = task_and_job(&store).await;
+    let first = cancel(queue, &store, task_id).await.unwrap();
+    assert_eq!(
+        first.status,
+        TaskStatus::Cancelling,
+        "its job is still to come"
+    );
+    let again = cancel(queue, &store, task_id).await.unwrap();
+    assert_eq!(again.status, TaskStatus::Cancelling);
+    // Pausing or resuming it is refused: nothing would be sent either way.
+    assert!(matches!(
+        pause(&store, task_id).await,
+        Err(ControlError::Cancelled(TaskStatus::Cancelling))
+    ));
+    assert!(matches!(
+        resume(queue, &store, task_id).await,
+        Err(ControlError::Cancelled(TaskStatus::Cancelling))
+    ));
+    assert!(!run(&worker, &job).await);
+    assert!(queue.take().is_empty(), "no chunk planned");
+    let done = store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    assert_eq!(done.recipients, Recipients::default());
+    assert!(worker_mailer(&worker).recipients().is_empty());
+    let unknown = TaskId::generate();
+    assert!(matches!(
+        cancel(queue, &store, unknown).await,
+        Err(ControlError::NotFound(id)) if id == unknown
     ));
 }
 

@@ -202,6 +202,7 @@ fn counts(planned: u64, sent: u64, skipped: u64, failed: u64) -> Recipients {
         sent,
         skipped,
         failed,
+        cancelled: 0,
     }
 }
 
@@ -1062,6 +1063,24 @@ async fn a_dead_lettered_delivery_is_accounted_once_and_left_for_a_redrive() {
     assert_eq!(redriven.recipients, counts(3, 3, 0, 0));
     assert_eq!(redriven.status, TaskStatus::Completed);
     assert!(redriven.failures.is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_lettered_delivery_of_a_cancelled_task_is_counted_cancelled_not_failed() {
+    let worker = worker(directory(vec![]), RecordingMailer::default());
+    let chunk = Message::Delivery(delivery(&worker, &["a@x.io", "b@x.io"]).await);
+    assert!(worker.store.cancel(chunk.task_id()).await.unwrap());
+    let dlq = MemoryDeadLetters::holding([chunk.encode()]);
+    let report = worker.sweep_dead_letters(&dlq, in_a_minute()).await;
+    assert_eq!((report.seen, report.accounted), (1, 1));
+    let done = task(&worker, chunk.task_id()).await;
+    assert_eq!(done.recipients.cancelled, 2);
+    assert_eq!(done.recipients.failed, 0);
+    assert!(done.failures.is_empty(), "{:?}", done.failures);
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    // A redrive of it sends nothing.
+    process(&worker, &chunk).await.unwrap();
+    assert!(sent_to(&worker).is_empty());
 }
 
 #[tokio::test]

@@ -15,6 +15,11 @@ pub enum TaskStatus {
     Paused,
     Completed,
     CompletedWithErrors,
+    /// A caller cancelled the task (`DELETE /newsletters/{task_id}`): nothing more of it is sent,
+    /// and its chunks are being accounted (what they did not send counts as `cancelled`).
+    Cancelling,
+    /// Final: cancelled, and every chunk is accounted, so the counts are the task's last.
+    Cancelled,
     /// Final: accept could not confirm the task's job reached the queue, answered 503, and
     /// made sure nothing of it will be delivered (a copy of the job that is on the queue after
     /// all is dropped by the worker).
@@ -30,6 +35,8 @@ impl TaskStatus {
             Self::Paused => "paused",
             Self::Completed => "completed",
             Self::CompletedWithErrors => "completed_with_errors",
+            Self::Cancelling => "cancelling",
+            Self::Cancelled => "cancelled",
             Self::Withdrawn => "withdrawn",
         }
     }
@@ -42,6 +49,8 @@ impl TaskStatus {
             Self::Paused,
             Self::Completed,
             Self::CompletedWithErrors,
+            Self::Cancelling,
+            Self::Cancelled,
             Self::Withdrawn,
         ]
         .into_iter()
@@ -51,8 +60,14 @@ impl TaskStatus {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            Self::Completed | Self::CompletedWithErrors | Self::Withdrawn
+            Self::Completed | Self::CompletedWithErrors | Self::Cancelled | Self::Withdrawn
         )
+    }
+
+    /// Cancelled, or being cancelled: nothing more of it is sent, and it cannot be paused or
+    /// resumed.
+    pub fn is_cancelled(self) -> bool {
+        matches!(self, Self::Cancelling | Self::Cancelled)
     }
 }
 
@@ -83,18 +98,20 @@ impl TaskKind {
 }
 
 /// Recipient counts. `planned` counts every contact considered; the task is done when
-/// `sent + skipped + failed == planned` and every page has been planned.
+/// `sent + skipped + failed + cancelled == planned` and every page has been planned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Recipients {
     pub planned: u64,
     pub sent: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Planned, but not sent because the task was cancelled first.
+    pub cancelled: u64,
 }
 
 impl Recipients {
     pub fn all_accounted_for(&self) -> bool {
-        self.sent + self.skipped + self.failed == self.planned
+        self.sent + self.skipped + self.failed + self.cancelled == self.planned
     }
 }
 
@@ -320,9 +337,14 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// The status to move to once the task is done, if it is done and not there yet. A task that
     /// completed with errors completes cleanly after a redrive from the dead-letter queue has
-    /// delivered what had failed.
+    /// delivered what had failed. A cancelling task is done once planning stopped and every
+    /// chunk is accounted; it ends cancelled, whatever its chunks did.
     pub fn completion(&self) -> Option<TaskStatus> {
         let done = self.planning_done && self.recipients.all_accounted_for();
+        if self.status.is_cancelled() {
+            return (done && self.status == TaskStatus::Cancelling)
+                .then_some(TaskStatus::Cancelled);
+        }
         let clean = self.recipients.failed == 0 && self.failures.is_empty();
         let status = if clean {
             TaskStatus::Completed
@@ -355,6 +377,7 @@ mod tests {
                 sent,
                 skipped,
                 failed,
+                cancelled: 0,
             },
             planning_done,
             unmatched_topics: Vec::new(),
@@ -394,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelling_task_ends_cancelled_once_every_recipient_is_accounted_for() {
+        let mut task = record(10, 4, 1, 0, true);
+        task.status = TaskStatus::Cancelling;
+        assert_eq!(task.completion(), None, "five not accounted yet");
+        task.recipients.cancelled = 5;
+        assert_eq!(task.completion(), Some(TaskStatus::Cancelled));
+        task.planning_done = false;
+        assert_eq!(task.completion(), None, "planning has not stopped yet");
+        task.planning_done = true;
+        task.recipients.failed = 1;
+        task.recipients.cancelled = 4;
+        assert_eq!(
+            task.completion(),
+            Some(TaskStatus::Cancelled),
+            "cancelled, not completed with errors"
+        );
+        task.status = TaskStatus::Cancelled;
+        assert_eq!(task.completion(), None, "cancelled only once");
+    }
+
+    #[test]
     fn a_failed_part_makes_the_completion_one_with_errors() {
         let mut task = record(10, 7, 3, 0, true);
         task.failures.push(PartFailure::delivery("p0-c1"));
@@ -409,6 +453,8 @@ mod tests {
             TaskStatus::Paused,
             TaskStatus::Completed,
             TaskStatus::CompletedWithErrors,
+            TaskStatus::Cancelling,
+            TaskStatus::Cancelled,
             TaskStatus::Withdrawn,
         ] {
             assert_eq!(TaskStatus::parse(status.as_str()), Some(status));

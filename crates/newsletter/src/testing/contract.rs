@@ -48,6 +48,9 @@ macro_rules! store_contract {
             a_withdrawn_task_is_never_planned,
             an_abandoned_key_is_taken_over_once,
             a_task_keeps_its_kind,
+            a_cancelled_task_plans_nothing_more_and_pauses_no_more,
+            a_cancelled_chunk_counts_its_unsent_recipients_once_and_is_done,
+            a_live_lease_keeps_a_chunk_from_being_cancelled,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -898,4 +901,143 @@ pub async fn a_task_keeps_its_kind(store: &impl Store) {
         .expect("a task is created");
     assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
     assert_eq!(task(store, test).await.kind, TaskKind::Test);
+}
+
+pub async fn a_cancelled_task_plans_nothing_more_and_pauses_no_more(store: &impl Store) {
+    let task_id = new_task(store).await;
+    store
+        .record_page(task_id, plan(0, &[2], 2, false))
+        .await
+        .unwrap();
+    assert!(store.pause(task_id, PauseCode::Requested).await.unwrap());
+    assert!(
+        store.cancel(task_id).await.unwrap(),
+        "a paused task cancels"
+    );
+    let cancelling = task(store, task_id).await;
+    assert_eq!(cancelling.status, TaskStatus::Cancelling);
+    assert_eq!(cancelling.pause, None, "the cancel ends the pause");
+    assert!(!store.cancel(task_id).await.unwrap(), "once");
+    assert!(
+        !store.pause(task_id, PauseCode::Requested).await.unwrap(),
+        "a cancelled task does not pause"
+    );
+    assert!(
+        !store.park(task_id, "p0-c0", "{}").await.unwrap(),
+        "nor park its chunks"
+    );
+    assert!(
+        store
+            .record_page(task_id, plan(1, &[3], 3, true))
+            .await
+            .is_err(),
+        "no page is planned after the cancel"
+    );
+    assert_eq!(
+        store.page_state(task_id, 1).await.unwrap(),
+        PageState::Unplanned
+    );
+    let still = task(store, task_id).await;
+    assert_eq!(
+        still.status,
+        TaskStatus::Cancelling,
+        "planning did not move it back"
+    );
+    assert_eq!(still.recipients.planned, 2);
+    assert!(!still.planning_done);
+    store.stop_planning(task_id, 1).await.unwrap();
+    store.stop_planning(task_id, 1).await.unwrap();
+    assert!(task(store, task_id).await.planning_done, "one page of one");
+
+    assert!(store.finish(task_id, TaskStatus::Cancelled).await.unwrap());
+    assert!(
+        !store.finish(task_id, TaskStatus::Completed).await.unwrap(),
+        "cancelled is final"
+    );
+    assert!(!store.cancel(task_id).await.unwrap());
+    assert_eq!(task(store, task_id).await.status, TaskStatus::Cancelled);
+    assert!(
+        !store.cancel(TaskId::generate()).await.unwrap(),
+        "no record"
+    );
+}
+
+pub async fn a_cancelled_chunk_counts_its_unsent_recipients_once_and_is_done(store: &impl Store) {
+    let task_id = planned_task(store, 5).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 5, &by).await;
+    // Stopped mid-chunk: two sent and one rejected are recorded, not yet counted on the task.
+    store
+        .release_lease(task_id, "p0-c0", &by, &settled(&[0, 1], &[2]))
+        .await
+        .unwrap();
+    store.cancel(task_id).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            store.cancel_unsettled(task_id, "p0-c0", 5).await.unwrap(),
+            Accounting::Accounted
+        );
+    }
+    let counted = task(store, task_id).await;
+    assert_eq!(
+        counted.recipients,
+        Recipients {
+            planned: 5,
+            sent: 2,
+            skipped: 0,
+            failed: 1,
+            cancelled: 2,
+        },
+        "what was settled, and the rest cancelled, once"
+    );
+    assert_eq!(counted.completion(), Some(TaskStatus::Cancelled));
+    assert_eq!(
+        store.lease(task_id, "p0-c0", 5, &live("b")).await.unwrap(),
+        Lease::Finished,
+        "nothing is left to send"
+    );
+    // The chunk's message in the dead-letter queue afterwards fails nobody.
+    store
+        .fail_unsettled(task_id, "p0-c0", 5, PartFailure::delivery("p0-c0"))
+        .await
+        .unwrap();
+    assert_eq!(counts(store, task_id).await, counted.recipients);
+
+    // A chunk no worker had received yet is cancelled whole, once, even by two at once.
+    let never = planned_task(store, 3).await;
+    store.cancel(never).await.unwrap();
+    let (a, b) = tokio::join!(
+        store.cancel_unsettled(never, "p0-c0", 3),
+        store.cancel_unsettled(never, "p0-c0", 3)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a == Accounting::Accounted || b == Accounting::Accounted,
+        "{a:?} {b:?}"
+    );
+    store.cancel_unsettled(never, "p0-c0", 3).await.unwrap();
+    assert_eq!(counts(store, never).await.cancelled, 3);
+}
+
+pub async fn a_live_lease_keeps_a_chunk_from_being_cancelled(store: &impl Store) {
+    let task_id = planned_task(store, 2).await;
+    let by = live("a");
+    held(store, task_id, "p0-c0", 2, &by).await;
+    store.cancel(task_id).await.unwrap();
+    assert_eq!(
+        store.cancel_unsettled(task_id, "p0-c0", 2).await.unwrap(),
+        Accounting::Held,
+        "its holder sees the cancel and counts it"
+    );
+    assert_eq!(counts(store, task_id).await.cancelled, 0);
+    store
+        .release_lease(task_id, "p0-c0", &by, &settled(&[0], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel_unsettled(task_id, "p0-c0", 2).await.unwrap(),
+        Accounting::Accounted
+    );
+    let counted = counts(store, task_id).await;
+    assert_eq!((counted.sent, counted.cancelled), (1, 1));
 }

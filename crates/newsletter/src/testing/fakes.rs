@@ -352,6 +352,11 @@ impl StoredChunk {
     fn finished(&self) -> bool {
         self.progress.failed.is_empty() && self.progress.counted == self.progress.totals()
     }
+
+    /// Nothing is left to lease it for: closed with something counted, or cancelled.
+    fn done(&self) -> bool {
+        self.finished() && (self.progress.counted != (0, 0) || !self.progress.cancelled.is_empty())
+    }
 }
 
 impl MemoryStore {
@@ -428,6 +433,14 @@ impl Records {
 }
 
 impl StoredTask {
+    /// Accepted, planning or sending (under the pause overlay, if any): what may pause or cancel.
+    fn is_running(&self) -> bool {
+        matches!(
+            self.record.status,
+            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
+        )
+    }
+
     fn view(&self) -> TaskRecord {
         let mut record = self.record.clone();
         record.planning_done = self.page_count == Some(self.pages_planned);
@@ -516,7 +529,7 @@ impl TaskStore for MemoryStore {
         let mut records = self.records()?;
         let task = records.task(task_id)?;
         let current = task.record.status;
-        if current == status || current == TaskStatus::Completed {
+        if current == status || matches!(current, TaskStatus::Completed | TaskStatus::Cancelled) {
             return Ok(false);
         }
         task.record.status = status;
@@ -537,6 +550,25 @@ impl TaskStore for MemoryStore {
             }
             _ => Withdrawal::Started,
         })
+    }
+
+    async fn cancel(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        let mut records = self.records()?;
+        let Some(task) = records.tasks.get_mut(&task_id) else {
+            return Ok(false);
+        };
+        let active = task.is_running();
+        if active {
+            task.record.status = TaskStatus::Cancelling;
+            task.pause = None;
+        }
+        Ok(active)
+    }
+
+    async fn stop_planning(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        let mut records = self.records()?;
+        records.task(task_id)?.page_count.get_or_insert(page);
+        Ok(())
     }
 }
 
@@ -627,9 +659,10 @@ impl PlanStore for MemoryStore {
             return Ok(stored.clone());
         }
         let task = records.task(task_id)?;
-        if task.record.status == TaskStatus::Withdrawn {
+        if task.record.status == TaskStatus::Withdrawn || task.record.status.is_cancelled() {
             return Err(StoreError(
-                format!("task {task_id} is withdrawn: its pages are not planned").into(),
+                format!("task {task_id} is withdrawn or cancelled: its pages are not planned")
+                    .into(),
             ));
         }
         let counts = &mut task.record.recipients;
@@ -670,7 +703,7 @@ impl ChunkStore for MemoryStore {
             .chunks
             .entry((task_id, chunk_id.to_owned()))
             .or_default();
-        if chunk.finished() && chunk.progress.counted != (0, 0) {
+        if chunk.done() {
             return Ok(Lease::Finished);
         }
         if chunk.leased_to_another(Some(holder), SystemTime::now()) {
@@ -784,6 +817,34 @@ impl ChunkStore for MemoryStore {
         records.chunks.insert(key, chunk);
         Ok(Accounting::Accounted)
     }
+
+    async fn cancel_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+    ) -> Result<Accounting, StoreError> {
+        let mut records = self.records()?;
+        let key = (task_id, chunk_id.to_owned());
+        let mut chunk = records.chunks.get(&key).cloned().unwrap_or_default();
+        if chunk.leased_to_another(None, SystemTime::now()) {
+            return Ok(Accounting::Held);
+        }
+        let unsettled = chunk.progress.unsettled(size);
+        let totals = chunk.progress.totals();
+        if unsettled.is_empty() && chunk.progress.counted == totals {
+            return Ok(Accounting::Accounted);
+        }
+        let task = records.task(task_id)?;
+        let (sent, failed) = delta(chunk.progress.counted, totals);
+        task.add(sent, failed);
+        task.record.recipients.cancelled += unsettled.len() as u64;
+        chunk.progress.cancelled.extend(unsettled);
+        chunk.progress.counted = totals;
+        chunk.holder = None;
+        records.chunks.insert(key, chunk);
+        Ok(Accounting::Accounted)
+    }
 }
 
 fn held_chunk<'a>(
@@ -800,7 +861,8 @@ fn held_chunk<'a>(
 }
 
 /// A store that injects faults into the writes named in `faults` ("lease", "record",
-/// "release", "close", "record_page", "mark_page_enqueued", "withdraw"), in order, and otherwise is `inner`: what a store does under a
+/// "release", "close", "cancel_unsettled", "record_page", "mark_page_enqueued", "withdraw",
+/// "cancel", and the pause store's), in order, and otherwise is `inner`: what a store does under a
 /// conflict, throttling, or an answer lost after the write was applied.
 #[derive(Debug, Default)]
 pub struct FaultyStore<S> {
@@ -862,10 +924,7 @@ impl PauseStore for MemoryStore {
         let Some(task) = records.tasks.get_mut(&task_id) else {
             return Ok(false);
         };
-        let active = matches!(
-            task.record.status,
-            TaskStatus::Accepted | TaskStatus::Planning | TaskStatus::Sending
-        );
+        let active = task.is_running();
         if task.pause.is_some() || !active {
             return Ok(false);
         }
@@ -941,6 +1000,12 @@ impl<S: TaskStore> TaskStore for FaultyStore<S> {
     }
     async fn withdraw(&self, task_id: TaskId) -> Result<Withdrawal, StoreError> {
         self.faulty("withdraw", self.inner.withdraw(task_id)).await
+    }
+    async fn cancel(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        self.faulty("cancel", self.inner.cancel(task_id)).await
+    }
+    async fn stop_planning(&self, task_id: TaskId, page: u32) -> Result<(), StoreError> {
+        self.inner.stop_planning(task_id, page).await
     }
 }
 
@@ -1048,6 +1113,18 @@ impl<S: ChunkStore> ChunkStore for FaultyStore<S> {
         self.inner
             .fail_unsettled(task_id, chunk_id, size, failure)
             .await
+    }
+    async fn cancel_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+    ) -> Result<Accounting, StoreError> {
+        self.faulty(
+            "cancel_unsettled",
+            self.inner.cancel_unsettled(task_id, chunk_id, size),
+        )
+        .await
     }
 }
 
