@@ -67,6 +67,7 @@ pub async fn plan_task(
         &accepted,
         store,
         body,
+        newsletter::domain::TaskKind::Newsletter,
         None,
         &newsletter::submit::Deadline::of_invocation(None),
     )

@@ -132,6 +132,7 @@ impl Run {
             &queue,
             &store,
             &newsletter,
+            newsletter::domain::TaskKind::Newsletter,
             None,
             &newsletter::submit::Deadline::of_invocation(None),
         )

@@ -151,13 +151,16 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// Accepts a newsletter: returns its task id only once the job is durably on the queue. With an
-/// idempotency key seen before (for the same newsletter), returns that task id and queues nothing.
-/// Every call ends by `deadline`'s times.
+/// Accepts a newsletter (`kind` newsletter, `POST /newsletters`) or a test send of one (`kind`
+/// test, `POST /newsletters/test`: the newsletter and its `"to"` addresses, which the worker plans
+/// alone): returns its task id only once the job is durably on the queue. With an idempotency key
+/// seen before (for the same request), returns that task id and queues nothing. Every call ends
+/// by `deadline`'s times.
 pub async fn submit<Q, S>(
     queue: &Q,
     store: &S,
     body: &[u8],
+    kind: TaskKind,
     key: Option<&IdempotencyKey>,
     deadline: &Deadline,
 ) -> Result<TaskId, SubmitError>
@@ -166,42 +169,17 @@ where
     S: TaskStore + IdempotencyStore,
 {
     let document = parse_document(body)?;
-    let newsletter = Newsletter::from_json(&document).map_err(RequestError::Invalid)?;
-    queue_job(queue, store, newsletter, None, key, deadline).await
-}
-
-/// Accepts a test send (`POST /newsletters/test`): the newsletter and its `"to"` addresses
-/// become a task of kind test, queued exactly as [`submit`] queues a newsletter (the same
-/// idempotency, the same "queued or nothing"); the worker plans its addresses alone.
-pub async fn submit_test<Q, S>(
-    queue: &Q,
-    store: &S,
-    body: &[u8],
-    key: Option<&IdempotencyKey>,
-    deadline: &Deadline,
-) -> Result<TaskId, SubmitError>
-where
-    Q: MessageQueue,
-    S: TaskStore + IdempotencyStore,
-{
-    let document = parse_document(body)?;
-    let (newsletter, to) = parse_beside(&document, "to", |to| TestRecipients::from_json(to, "to"))?;
-    queue_job(queue, store, newsletter, Some(to), key, deadline).await
-}
-
-/// The task and its job: a newsletter's, or a test send's to `to`.
-async fn queue_job<Q, S>(
-    queue: &Q,
-    store: &S,
-    newsletter: Newsletter,
-    to: Option<TestRecipients>,
-    key: Option<&IdempotencyKey>,
-    deadline: &Deadline,
-) -> Result<TaskId, SubmitError>
-where
-    Q: MessageQueue,
-    S: TaskStore + IdempotencyStore,
-{
+    let (newsletter, to) = match kind {
+        TaskKind::Newsletter => {
+            let newsletter = Newsletter::from_json(&document).map_err(RequestError::Invalid)?;
+            (newsletter, None)
+        }
+        TaskKind::Test => {
+            let (newsletter, to) =
+                parse_beside(&document, "to", |to| TestRecipients::from_json(to, "to"))?;
+            (newsletter, Some(to))
+        }
+    };
     let task_id = TaskId::generate();
     let span = tracing::info_span!("task", %task_id);
 

@@ -21,7 +21,7 @@ use newsletter::ports::{
 };
 use newsletter::preview::{Preview, PreviewError, preview};
 use newsletter::status::{StatusError, parse_task_id, task_status};
-use newsletter::submit::{Deadline, SubmitError, submit, submit_test};
+use newsletter::submit::{Deadline, SubmitError, submit};
 use newsletter::{IdempotencyKey, TaskId};
 use problem::Problem;
 use routes::{Route, route};
@@ -202,11 +202,16 @@ where
         };
         let deadline = deadline(request);
         // lambda_http has already decoded a base64 body (`isBase64Encoded`) into bytes.
-        let (body, key) = (request.body().as_ref(), key.as_ref());
-        Ok(match kind {
-            TaskKind::Newsletter => submit(&self.queue, &self.store, body, key, &deadline).await?,
-            TaskKind::Test => submit_test(&self.queue, &self.store, body, key, &deadline).await?,
-        })
+        let body = request.body().as_ref();
+        Ok(submit(
+            &self.queue,
+            &self.store,
+            body,
+            kind,
+            key.as_ref(),
+            &deadline,
+        )
+        .await?)
     }
 }
 

@@ -168,7 +168,15 @@ async fn post<S: TaskStore + IdempotencyStore>(
     store: &S,
     key: Option<&IdempotencyKey>,
 ) -> Result<TaskId, SubmitError> {
-    submit(queue, store, &body(), key, &Deadline::of_invocation(None)).await
+    submit(
+        queue,
+        store,
+        &body(),
+        TaskKind::Newsletter,
+        key,
+        &Deadline::of_invocation(None),
+    )
+    .await
 }
 
 async fn status(system: &System, task_id: TaskId) -> Option<TaskStatus> {
@@ -370,7 +378,14 @@ async fn a_queue_that_never_answers_is_a_503_before_the_deadline() {
 
     let result = tokio::time::timeout(
         Duration::from_secs(60),
-        submit(&queue, &system.store, &body(), Some(&key()), &deadline),
+        submit(
+            &queue,
+            &system.store,
+            &body(),
+            TaskKind::Newsletter,
+            Some(&key()),
+            &deadline,
+        ),
     )
     .await
     .expect("submit answers by itself");
@@ -396,7 +411,14 @@ async fn a_store_that_stops_answering_after_the_queue_failed_still_gets_an_answe
 
     let result = tokio::time::timeout(
         Duration::from_secs(60),
-        submit(&queue, &store, &body(), None, &deadline),
+        submit(
+            &queue,
+            &store,
+            &body(),
+            TaskKind::Newsletter,
+            None,
+            &deadline,
+        ),
     )
     .await
     .expect("submit answers by itself");
@@ -444,9 +466,16 @@ async fn a_test_send_reaches_its_addresses_alone_as_a_task_of_its_own() {
     let deadline = Deadline::of_invocation(None);
     let body = test_body(json!(["b@x.io", "new@y.io"]));
 
-    let task_id = submit_test(&system.sqs, &system.store, &body, None, &deadline)
-        .await
-        .unwrap();
+    let task_id = submit(
+        &system.sqs,
+        &system.store,
+        &body,
+        TaskKind::Test,
+        None,
+        &deadline,
+    )
+    .await
+    .unwrap();
     let queued: Vec<Message> = system.sqs.0.lock().unwrap().iter().cloned().collect();
     let [Message::Job(job)] = queued.as_slice() else {
         panic!("one job: {queued:?}")
@@ -465,10 +494,29 @@ async fn a_test_send_reaches_its_addresses_alone_as_a_task_of_its_own() {
     assert_eq!((task.recipients.planned, task.recipients.sent), (2, 2));
 }
 
+/// The pointers of the fields a test send of `body` is refused for.
+async fn refused_test_send(system: &System, body: &[u8]) -> Vec<String> {
+    let deadline = Deadline::of_invocation(None);
+    match submit(
+        &system.sqs,
+        &system.store,
+        body,
+        TaskKind::Test,
+        None,
+        &deadline,
+    )
+    .await
+    {
+        Err(SubmitError::Request(RequestError::Invalid(errors))) => {
+            errors.into_iter().map(|error| error.pointer).collect()
+        }
+        other => panic!("expected invalid fields, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_test_send_with_bad_addresses_names_each_and_queues_nothing() {
     let system = System::new();
-    let deadline = Deadline::of_invocation(None);
     for (to, pointers) in [
         (json!(null), vec!["#/to"]),
         (json!([]), vec!["#/to"]),
@@ -476,29 +524,23 @@ async fn a_test_send_with_bad_addresses_names_each_and_queues_nothing() {
         (json!(["a@x.io", "A@x.io"]), vec!["#/to/1"]),
     ] {
         let body = if to.is_null() { body() } else { test_body(to) };
-        let Err(SubmitError::Request(RequestError::Invalid(errors))) =
-            submit_test(&system.sqs, &system.store, &body, None, &deadline).await
-        else {
-            panic!("expected invalid fields")
-        };
-        let found: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
-        assert_eq!(found, pointers);
+        assert_eq!(refused_test_send(&system, &body).await, pointers);
     }
     // The newsletter's own errors come with the addresses'.
     let body = json!({"subject": "", "sections": [], "to": ["x"]}).to_string();
-    let Err(SubmitError::Request(RequestError::Invalid(errors))) =
-        submit_test(&system.sqs, &system.store, body.as_bytes(), None, &deadline).await
-    else {
-        panic!("expected invalid fields")
-    };
-    let found: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
-    assert_eq!(found, ["#/subject", "#/sections", "#/to/0"]);
+    assert_eq!(
+        refused_test_send(&system, body.as_bytes()).await,
+        ["#/subject", "#/sections", "#/to/0"]
+    );
     // `to` belongs to test sends: a newsletter with it is refused as before.
+    let deadline = Deadline::of_invocation(None);
+    let with_to = test_body(json!(["a@x.io"]));
     assert!(matches!(
         submit(
             &system.sqs,
             &system.store,
-            &test_body(json!(["a@x.io"])),
+            &with_to,
+            TaskKind::Newsletter,
             None,
             &deadline
         )
@@ -514,18 +556,49 @@ async fn a_test_send_key_replays_only_the_same_addresses() {
     let deadline = Deadline::of_invocation(None);
     let key = IdempotencyKey::parse("test-1").unwrap();
     let first = test_body(json!(["a@x.io"]));
-    let task_id = submit_test(&system.sqs, &system.store, &first, Some(&key), &deadline)
-        .await
-        .unwrap();
-    let again = submit_test(&system.sqs, &system.store, &first, Some(&key), &deadline).await;
+    let task_id = submit(
+        &system.sqs,
+        &system.store,
+        &first,
+        TaskKind::Test,
+        Some(&key),
+        &deadline,
+    )
+    .await
+    .unwrap();
+    let again = submit(
+        &system.sqs,
+        &system.store,
+        &first,
+        TaskKind::Test,
+        Some(&key),
+        &deadline,
+    )
+    .await;
     assert_eq!(again.unwrap(), task_id);
     let other = test_body(json!(["b@x.io"]));
     assert!(matches!(
-        submit_test(&system.sqs, &system.store, &other, Some(&key), &deadline).await,
+        submit(
+            &system.sqs,
+            &system.store,
+            &other,
+            TaskKind::Test,
+            Some(&key),
+            &deadline
+        )
+        .await,
         Err(SubmitError::KeyReused)
     ));
     assert!(matches!(
-        submit(&system.sqs, &system.store, &body(), Some(&key), &deadline).await,
+        submit(
+            &system.sqs,
+            &system.store,
+            &body(),
+            TaskKind::Newsletter,
+            Some(&key),
+            &deadline
+        )
+        .await,
         Err(SubmitError::KeyReused)
     ));
     assert_eq!(system.queued(), 1);
