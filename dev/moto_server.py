@@ -6,6 +6,11 @@ rewrites those timestamps and then starts the ordinary moto server with the give
 
     python dev/moto_server.py -H 127.0.0.1 -p 5000
 
+Sent mail in `GET /moto-api/data.json` (`ses.Message`): moto keeps a Simple send's subject and
+only its HTML part (else the text part) as `body`. The launcher also keeps, on each stored message,
+`text` (the text part, if any) and `tags` (the send's `EmailTags`, `{name: value}`), which the
+outbox reads (dev/local-stack/src/outbox.rs): the task id is a tag, and tests compare both parts.
+
 Fault injection for tests (off unless set), on SES v2 SendEmail:
     LOCAL_SES_REJECT=<regex>     recipients matching it are refused with MessageRejected (permanent)
     LOCAL_SES_FAIL_FIRST=<regex> the first sends to each matching recipient fail with
@@ -15,6 +20,7 @@ Fault injection for tests (off unless set), on SES v2 SendEmail:
 """
 
 import datetime
+import json
 import os
 import re
 import sys
@@ -23,6 +29,7 @@ from moto import server
 from moto.core.exceptions import JsonRESTError
 from moto.ses import models
 from moto.sesv2.models import SESV2Backend
+from moto.sesv2.responses import SESV2Response
 
 TIMESTAMP_FIELDS = ("CreatedTimestamp", "LastUpdatedTimestamp")
 
@@ -53,6 +60,28 @@ def with_epoch_timestamps(model_class):
 
 with_epoch_timestamps(models.Contact)
 with_epoch_timestamps(models.ContactList)
+
+
+def keeping_text_and_tags():
+    """Every public JSON-serialisable attribute of a stored message shows in data.json: the
+    message moto stored for this send gets the text part and the tags as two more."""
+    original = SESV2Response.send_email
+
+    def send_email(self):
+        answer = original(self)
+        params = json.loads(self.body)
+        simple = (params.get("Content") or {}).get("Simple")
+        message_id = json.loads(answer).get("MessageId")
+        stored = [m for m in self.sesv2_backend.core_backend.sent_messages if m.id == message_id]
+        if simple is not None and stored:
+            stored[-1].text = (simple.get("Body", {}).get("Text") or {}).get("Data")
+            stored[-1].tags = {t["Name"]: t["Value"] for t in params.get("EmailTags") or []}
+        return answer
+
+    SESV2Response.send_email = send_email
+
+
+keeping_text_and_tags()
 
 
 class InjectedOutage(JsonRESTError):

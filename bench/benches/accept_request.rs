@@ -34,6 +34,7 @@ fn accept_request(c: &mut Criterion) {
                 task_id: TaskId::generate(),
                 newsletter,
                 cursor: None,
+                to: None,
             })
             .encode()
         })

@@ -64,6 +64,7 @@ async fn unreachable_queue_is_503_never_202() {
     let accept = App::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
         app.store.clone(),
+        app.contact_list(),
     );
 
     let response = accept
@@ -84,7 +85,8 @@ async fn unreachable_task_store_is_503_and_nothing_is_queued() {
     let closed_port = local_stack::moto::free_port().unwrap();
     let aws = local_stack::sdk_config(&closed(closed_port)).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), "newsletter-tasks");
-    let accept = App::new(SqsQueue::new(app.sqs.clone(), &app.stack.queue_url), store);
+    let queue = SqsQueue::new(app.sqs.clone(), &app.stack.queue_url);
+    let accept = App::new(queue, store, app.contact_list());
 
     let response = accept
         .handle(post_request(&event_file("newsletter.json")))
@@ -101,7 +103,8 @@ async fn missing_queue_is_503() {
         .stack
         .queue_url
         .replace("newsletter-jobs", "no-such-queue");
-    let accept = App::new(SqsQueue::new(app.sqs.clone(), missing), app.store.clone());
+    let queue = SqsQueue::new(app.sqs.clone(), missing);
+    let accept = App::new(queue, app.store.clone(), app.contact_list());
 
     let response = accept
         .handle(post_request(&event_file("newsletter.json")))

@@ -7,6 +7,7 @@ use crate::worker::{mixed_audience, newsletter_body};
 use lambda_http::{Body, Request, RequestExt, http};
 use local_stack::Settings;
 use newsletter::TaskId;
+use newsletter::domain::TaskKind;
 use newsletter::ports::TaskStore;
 use newsletter::sending::CONTROL_CHECK_INTERVAL;
 use serde_json::Value;
@@ -189,7 +190,10 @@ async fn a_cancel_during_a_send_stops_it_within_the_bound_and_ends_with_exact_co
 async fn control_routes_answer_problems_for_unknown_finished_malformed_and_wrong_methods() {
     let app = spawn_app().await;
     let finished = TaskId::generate();
-    app.store.create(finished).await.unwrap();
+    app.store
+        .create(finished, TaskKind::Newsletter)
+        .await
+        .unwrap();
     app.store.withdraw(finished).await.unwrap();
     let unknown = TaskId::generate();
     // (method, path of the route, with {id} for the task id), and the Allow of a 405 there.

@@ -7,6 +7,7 @@ use lambda_http::{Context, LambdaEvent, request::LambdaRequest};
 use local_stack::event_source::Invoke;
 use local_stack::subscribers::ContactList;
 use local_stack::{Settings, repository_root};
+use newsletter::domain::TaskKind;
 use newsletter::message::Message;
 use newsletter::ports::TaskStore;
 
@@ -30,6 +31,10 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     ("http-api-pause.json", 202),
     ("http-api-resume.json", 202),
     ("http-api-cancel.json", 202),
+    // A test send to a subscriber and an address not in the list: a job of its own.
+    ("http-api-test-send.json", 202),
+    // The email a subscriber would get: no job.
+    ("http-api-preview.json", 200),
 ];
 
 /// The HTTP events that control the sample task rather than accept a newsletter, and the status
@@ -81,7 +86,7 @@ async fn every_file_in_events_is_covered_here() {
 async fn http_events_get_their_answers_and_only_202s_enqueue() {
     let app = spawn_app().await;
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .unwrap();
     let mut accepted = Vec::new();
@@ -103,6 +108,9 @@ async fn http_events_get_their_answers_and_only_202s_enqueue() {
             assert_eq!(body["status"], *expected, "{file}");
         } else if *status == 202 {
             accepted.push(body["task_id"].as_str().unwrap().to_owned());
+        } else if *status == 200 {
+            assert_eq!(body["as"], "linus@example.com", "{file}: a preview");
+            assert!(body["html"].is_string(), "{file}: the email");
         } else {
             assert_eq!(body["status"], *status, "{file}: a problem+json body");
         }
@@ -166,7 +174,7 @@ async fn sqs_events_report_exactly_their_poison_messages() {
         "and nothing was planned for it"
     );
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .expect("the samples' task is recorded");
     for (file, poison) in SQS_EVENTS {
@@ -205,7 +213,7 @@ async fn a_resume_event_answers_what_it_did_and_names_an_unknown_task() {
         "a task nobody recorded is an error for the operator"
     );
     app.store
-        .create(SAMPLE_TASK.parse().unwrap())
+        .create(SAMPLE_TASK.parse().unwrap(), TaskKind::Newsletter)
         .await
         .unwrap();
     let answer = app.worker.invoke_json(&event).await.unwrap();

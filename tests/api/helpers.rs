@@ -11,10 +11,14 @@ use local_stack::event_source::{Invoke, SqsEventSource, Trigger};
 use local_stack::outbox::SentEmail;
 use local_stack::{Endpoints, MotoServer, Provisioned, Settings};
 use newsletter_aws::dynamodb::DynamoStore;
+use newsletter_aws::ses::SesContactList;
 use newsletter_aws::sqs::SqsQueue;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use worker::{Config, SesFunction, WorkerEvent, WorkerResponse};
+
+/// The accept handler as its `main` builds it.
+pub type Accept = App<SqsQueue, DynamoStore, SesContactList>;
 
 pub struct TestApp {
     pub sqs: aws_sdk_sqs::Client,
@@ -22,7 +26,7 @@ pub struct TestApp {
     pub ses: aws_sdk_sesv2::Client,
     pub stack: Provisioned,
     pub settings: Settings,
-    pub accept: App<SqsQueue, DynamoStore>,
+    pub accept: Accept,
     pub store: DynamoStore,
     pub worker: InProcessWorker,
     /// moto's (SES's record of sent mail).
@@ -78,7 +82,12 @@ async fn spawn_on(
         .expect("local AWS is provisioned");
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), &settings.table_name);
-    let accept = App::new(SqsQueue::new(sqs.clone(), &stack.queue_url), store.clone());
+    let ses = aws_sdk_sesv2::Client::new(&aws);
+    let accept = App::new(
+        SqsQueue::new(sqs.clone(), &stack.queue_url),
+        store.clone(),
+        SesContactList::new(ses.clone(), &settings.contact_list_name),
+    );
     let config = Config {
         queue_url: stack.queue_url.clone(),
         table_name: settings.table_name.clone(),
@@ -98,7 +107,7 @@ async fn spawn_on(
     };
     TestApp {
         sqs,
-        ses: aws_sdk_sesv2::Client::new(&aws),
+        ses,
         stack,
         settings,
         accept,
@@ -346,9 +355,7 @@ impl TestApp {
     /// `SendMessage` answers); the store is the app's.
     ///
     /// [`SqsProxy`]: local_stack::sqs_proxy::SqsProxy
-    pub async fn accept_behind_sqs_proxy(
-        &self,
-    ) -> (App<SqsQueue, DynamoStore>, local_stack::sqs_proxy::SqsProxy) {
+    pub async fn accept_behind_sqs_proxy(&self) -> (Accept, local_stack::sqs_proxy::SqsProxy) {
         let proxy = local_stack::sqs_proxy::SqsProxy::start(&self.endpoint)
             .await
             .expect("the SQS proxy starts");
@@ -362,7 +369,15 @@ impl TestApp {
         .timeout_config(::accept::sdk_timeouts())
         .build();
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), &self.stack.queue_url);
-        (App::new(queue, self.store.clone()), proxy)
+        (
+            App::new(queue, self.store.clone(), self.contact_list()),
+            proxy,
+        )
+    }
+
+    /// The contact list as accept reads it.
+    pub fn contact_list(&self) -> SesContactList {
+        SesContactList::new(self.ses.clone(), &self.settings.contact_list_name)
     }
 }
 

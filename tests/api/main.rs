@@ -9,4 +9,5 @@ mod helpers;
 mod status;
 mod store_contract;
 mod store_faults;
+mod test_send;
 mod worker;

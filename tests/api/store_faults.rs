@@ -12,7 +12,7 @@ use local_stack::Settings;
 use local_stack::dynamodb_proxy::{CapacityStats, DynamoDbProxy, Fault, FaultKind, Operation};
 use local_stack::event_source::Invoke;
 use local_stack::subscribers::{ContactList, Status, Subscriber, TopicSpec};
-use newsletter::domain::{TaskId, TaskStatus};
+use newsletter::domain::{TaskId, TaskKind, TaskStatus};
 use newsletter::message::Message;
 use newsletter::ports::{ChunkStore, Holder, Lease, Settled, TaskStore};
 use serde_json::{Value, json};
@@ -450,7 +450,10 @@ async fn an_idempotency_key_whose_reservation_lost_its_answer_still_gets_its_new
 async fn giving_a_lease_up_survives_a_lost_answer() {
     let (app, proxy) = app().await;
     let task_id = TaskId::generate();
-    app.store.create(task_id).await.unwrap();
+    app.store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let holder = Holder {
         token: "invocation-1".into(),
         lapses: SystemTime::now() + Duration::from_secs(60),
@@ -484,7 +487,10 @@ async fn giving_a_lease_up_survives_a_lost_answer() {
 async fn the_caller_that_finishes_a_task_is_told_so_after_a_lost_answer() {
     let (app, proxy) = app().await;
     let task_id = TaskId::generate();
-    app.store.create(task_id).await.unwrap();
+    app.store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     proxy.inject(Fault::on(Operation::UpdateItem, FaultKind::LostAnswer));
 
     let finished = app.store.finish(task_id, TaskStatus::Completed).await;

@@ -492,6 +492,10 @@ async fn the_accept_bootstrap_answers_every_http_event_in_events() {
         .collect();
     environment.push(("QUEUE_URL".into(), provisioned.queue_url.clone()));
     environment.push(("TABLE_NAME".into(), settings.table_name.clone()));
+    environment.push((
+        "CONTACT_LIST_NAME".into(),
+        settings.contact_list_name.clone(),
+    ));
     let function = FunctionConfig::new("accept", &bootstrap, &log)
         .timeout(Duration::from_secs(10))
         .env(environment);

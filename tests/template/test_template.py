@@ -186,6 +186,8 @@ ROUTES = {
     "POST /newsletters/{task_id}/pause": "AcceptFunction",
     "POST /newsletters/{task_id}/resume": "AcceptFunction",
     "DELETE /newsletters/{task_id}": "AcceptFunction",
+    "POST /newsletters/test": "AcceptFunction",
+    "POST /newsletters/preview": "AcceptFunction",
 }
 
 

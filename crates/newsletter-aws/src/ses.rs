@@ -5,14 +5,14 @@ use crate::error::{cause, describe};
 use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::{
-    operation::send_email::SendEmailError,
+    operation::{get_contact::GetContactError, send_email::SendEmailError},
     types::{
         Body, Content, Destination, EmailContent, ListContactsFilter, ListManagementOptions,
-        Message, MessageTag, SubscriptionStatus, TopicFilter,
+        Message, MessageTag, SubscriptionStatus, TopicFilter, TopicPreference,
     },
 };
 use newsletter::audience::{Contact, Subscription, TopicDefaults};
-use newsletter::domain::{EmailAddress, PauseCode, Topic};
+use newsletter::domain::{EmailAddress, PauseCode, TaskId, Topic};
 use newsletter::ports::{ContactDirectory, ContactPage, DirectoryError, Mailer, SendError};
 use newsletter::render::RenderedEmail;
 use std::time::Duration;
@@ -138,16 +138,7 @@ impl ContactDirectory for SesContactList {
             .map(|contact| Contact {
                 email: contact.email_address.clone().unwrap_or_default(),
                 unsubscribe_all: contact.unsubscribe_all,
-                preferences: contact
-                    .topic_preferences()
-                    .iter()
-                    .map(|preference| {
-                        (
-                            preference.topic_name.clone(),
-                            subscription(Some(&preference.subscription_status)),
-                        )
-                    })
-                    .collect(),
+                preferences: preferences(contact.topic_preferences()),
             })
             .collect();
         Ok(ContactPage {
@@ -155,6 +146,56 @@ impl ContactDirectory for SesContactList {
             next_token: page.next_token.filter(|token| !token.is_empty()),
         })
     }
+
+    async fn contact(&self, address: &EmailAddress) -> Result<Option<Contact>, DirectoryError> {
+        let result = self
+            .client
+            .get_contact()
+            .contact_list_name(&self.name)
+            .email_address(address.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(contact) => Ok(Some(Contact {
+                email: contact
+                    .email_address
+                    .unwrap_or_else(|| address.as_str().to_owned()),
+                unsubscribe_all: contact.unsubscribe_all,
+                // Explicit choices only, as `ListContacts` gives them: defaults are the
+                // list's (`topic_defaults`), resolved by the audience.
+                preferences: preferences(&contact.topic_preferences.unwrap_or_default()),
+            })),
+            // The address is not in the list (SES names a missing list the same way; callers
+            // read the list's topics first, which fails for a missing list). A bare 404 too: an
+            // address with a `/` in it does not reach the operation's route at all (the local
+            // SES answers it so), and no contact has such an address.
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(GetContactError::NotFoundException(_))
+                ) || err.raw_response().map(|raw| raw.status().as_u16()) == Some(404) =>
+            {
+                Ok(None)
+            }
+            // The address is in the SDK's error text only if SES quoted it: directory errors are
+            // logged, so it is taken out.
+            Err(err) => Err(DirectoryError(
+                redact(&describe(&err), address.as_str()).into(),
+            )),
+        }
+    }
+}
+
+fn preferences(topics: &[TopicPreference]) -> Vec<(String, Subscription)> {
+    topics
+        .iter()
+        .map(|preference| {
+            (
+                preference.topic_name.clone(),
+                subscription(Some(&preference.subscription_status)),
+            )
+        })
+        .collect()
 }
 
 pub struct SesMailer {
@@ -193,6 +234,7 @@ fn utf8(data: &str) -> Result<Content, SendError> {
 impl Mailer for SesMailer {
     async fn send(
         &self,
+        task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,
@@ -223,7 +265,7 @@ impl Mailer for SesMailer {
             .email_tags(
                 MessageTag::builder()
                     .name("task_id")
-                    .value(email.task_id.to_string())
+                    .value(task_id.to_string())
                     .build()
                     .map_err(|err| SendError::Permanent(err.to_string()))?,
             )

@@ -2,6 +2,7 @@
 
 use crate::domain::{EmailAddress, Newsletter, Topic};
 use crate::message::Recipient;
+use crate::ports::{ContactDirectory, DirectoryError};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,17 @@ pub enum Skip {
     UnsubscribedFromAll,
     NoTopicOfInterest,
     InvalidAddress,
+}
+
+impl Skip {
+    /// The reason's name, as a preview shows it (`"skipped"`): part of the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsubscribedFromAll => "unsubscribed_from_all",
+            Self::NoTopicOfInterest => "no_topic_of_interest",
+            Self::InvalidAddress => "invalid_address",
+        }
+    }
 }
 
 /// The newsletter's topics and the list's defaults: decides each contact's sections.
@@ -83,6 +95,45 @@ impl Audience {
         let email = EmailAddress::parse(&contact.email).map_err(|_| Skip::InvalidAddress)?;
         Ok(Recipient { email, topics })
     }
+
+    /// What `address` gets of this newsletter, as a test send sends it and a preview shows it:
+    /// as the real send selects it when the list has a `contact` for it (nothing, when the
+    /// contact would get nothing), and every section when it is not in the list (`None`).
+    pub fn select_address(
+        &self,
+        address: &EmailAddress,
+        contact: Option<&Contact>,
+    ) -> Result<Recipient, Skip> {
+        match contact {
+            Some(contact) => self.select(contact).map(|recipient| Recipient {
+                // The list's spelling of the address may differ in case: the caller's is sent to.
+                email: address.clone(),
+                ..recipient
+            }),
+            None => Ok(Recipient {
+                email: address.clone(),
+                topics: self.topics.clone(),
+            }),
+        }
+    }
+}
+
+/// The audience of `newsletter` and what each of `addresses` gets of it
+/// ([`Audience::select_address`]), from the list: the one path of test sends and previews, so
+/// that a preview shows what a test send sends.
+pub async fn select_addresses<D: ContactDirectory>(
+    directory: &D,
+    newsletter: &Newsletter,
+    addresses: &[EmailAddress],
+) -> Result<(Audience, Vec<Result<Recipient, Skip>>), DirectoryError> {
+    // The list's topics first: a missing list fails here, not as "nobody is in it".
+    let audience = Audience::new(newsletter, directory.topic_defaults().await?);
+    let mut selected = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let contact = directory.contact(address).await?;
+        selected.push(audience.select_address(address, contact.as_ref()));
+    }
+    Ok((audience, selected))
 }
 
 #[cfg(test)]
@@ -188,6 +239,98 @@ mod tests {
             .collect();
         assert_eq!(unknown, ["cobol"]);
         assert_eq!(topics_of(&audience, &contact(&[])), ["rust"]);
+    }
+
+    #[test]
+    fn an_address_in_the_list_gets_what_the_contact_would_get() {
+        let audience = Audience::new(
+            &newsletter(&["rust", "aws", "go"]),
+            defaults(&[("rust", OptIn), ("aws", OptOut), ("go", OptOut)]),
+        );
+        let address = EmailAddress::parse("Ada@example.com").unwrap();
+        let picky = contact(&[("go", OptIn)]);
+        let selected = audience.select_address(&address, Some(&picky)).unwrap();
+        assert_eq!(selected.email, address);
+        assert_eq!(
+            selected
+                .topics
+                .iter()
+                .map(Topic::as_str)
+                .collect::<Vec<_>>(),
+            ["rust", "go"]
+        );
+        let mut unsubscribed = contact(&[("go", OptIn)]);
+        unsubscribed.unsubscribe_all = true;
+        assert_eq!(
+            audience.select_address(&address, Some(&unsubscribed)),
+            Err(Skip::UnsubscribedFromAll)
+        );
+        let uninterested = contact(&[("rust", OptOut)]);
+        assert_eq!(
+            audience.select_address(&address, Some(&uninterested)),
+            Err(Skip::NoTopicOfInterest)
+        );
+    }
+
+    #[test]
+    fn an_address_not_in_the_list_gets_every_section() {
+        // Even topics the list does not have, and those nobody gets by default.
+        let audience = Audience::new(
+            &newsletter(&["rust", "aws", "cobol", "rust"]),
+            defaults(&[("rust", OptOut), ("aws", OptOut)]),
+        );
+        let address = EmailAddress::parse("new@example.com").unwrap();
+        let selected = audience.select_address(&address, None).unwrap();
+        assert_eq!(selected.email, address);
+        assert_eq!(
+            selected
+                .topics
+                .iter()
+                .map(Topic::as_str)
+                .collect::<Vec<_>>(),
+            ["rust", "aws", "cobol"]
+        );
+    }
+
+    #[tokio::test]
+    async fn addresses_are_looked_up_one_by_one_never_by_page() {
+        use crate::ports::ContactPage;
+        use crate::testing::fakes::PagedDirectory;
+        let directory = PagedDirectory {
+            defaults: defaults(&[("rust", OptIn)]),
+            pages: vec![ContactPage {
+                contacts: vec![Contact {
+                    email: "out@example.com".into(),
+                    unsubscribe_all: true,
+                    preferences: Vec::new(),
+                }],
+                next_token: None,
+            }],
+            ..Default::default()
+        };
+        let addresses = [
+            EmailAddress::parse("out@example.com").unwrap(),
+            EmailAddress::parse("new@example.com").unwrap(),
+        ];
+        let (_, selected) = select_addresses(&directory, &newsletter(&["rust"]), &addresses)
+            .await
+            .unwrap();
+        assert_eq!(selected[0], Err(Skip::UnsubscribedFromAll));
+        assert_eq!(selected[1].as_ref().unwrap().email, addresses[1]);
+        assert!(
+            directory.requests.lock().unwrap().is_empty(),
+            "no page read"
+        );
+
+        let failing = PagedDirectory {
+            fail: true,
+            ..Default::default()
+        };
+        assert!(
+            select_addresses(&failing, &newsletter(&["rust"]), &addresses)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! and hand back at once what cannot be done before the invocation's deadline. On a schedule,
 //! it accounts for the messages that reached the dead-letter queue.
 
-use crate::audience::Audience;
+use crate::audience::{Audience, select_addresses};
 use crate::control::{self, ControlError};
-use crate::domain::{PartFailure, PauseCode, TaskId, TaskStatus};
+use crate::domain::{EmailAddress, PartFailure, PauseCode, TaskId, TaskStatus};
 use crate::message::{DecodeError, Delivery, Job, Message};
-use crate::planning::{PagePlan, plan_page};
+use crate::planning::{PagePlan, plan_page, plan_selected};
 use crate::ports::{
     Accounting, ChunkStore, ContactDirectory, DeadLetterQueue, DirectoryError, Holder, Mailer,
     MessageQueue, PageState, PauseStore, PlanStore, QueueError, StoreError, TaskStore,
@@ -262,6 +262,9 @@ where
 
     /// Reads the page the job points at and plans it.
     async fn read_page(&self, job: &Job) -> Result<PagePlan, WorkError> {
+        if let Some(to) = &job.to {
+            return self.plan_test(job, to.addresses()).await;
+        }
         let audience = Audience::new(&job.newsletter, self.directory.topic_defaults().await?);
         let unknown = audience.unmatched_topics();
         if !unknown.is_empty() {
@@ -291,6 +294,25 @@ where
             deliveries = plan.chunks.len(),
             more_pages = !plan.is_last(),
             "page planned"
+        );
+        Ok(plan)
+    }
+
+    /// A test send's one page: its addresses, each looked up in the list (never a page of it).
+    async fn plan_test(&self, job: &Job, to: &[EmailAddress]) -> Result<PagePlan, WorkError> {
+        let (audience, selected) = select_addresses(&self.directory, &job.newsletter, to).await?;
+        let plan = plan_selected(
+            job,
+            &audience,
+            selected,
+            None,
+            self.max_recipients_per_chunk,
+        );
+        tracing::info!(
+            addresses = plan.contacts,
+            recipients = plan.recipients(),
+            skipped = plan.skipped,
+            "test send planned"
         );
         Ok(plan)
     }

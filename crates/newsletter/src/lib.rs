@@ -1,6 +1,6 @@
 //! The core of newsletter dispatch: what a newsletter is and how a request becomes one
 //! ([`domain`]), the messages that carry the work through the queue ([`message`]), the use cases
-//! of both functions ([`submit`] and [`status`] for accept, [`control`] for both (pause and
+//! of both functions ([`submit`], [`preview`] and [`status`] for accept, [`control`] for both (pause and
 //! resume), [`dispatch`] for the worker, with [`planning`], [`audience`], [`render`] and
 //! [`sending`]), and the [`ports`] they need from the
 //! outside world, each with its contract.
@@ -16,6 +16,7 @@ pub mod domain;
 pub mod message;
 pub mod planning;
 pub mod ports;
+pub mod preview;
 pub mod render;
 pub mod sending;
 pub mod status;

@@ -3,11 +3,12 @@
 //!
 //! ```json
 //! {"version": 1, "kind": "job", "task_id": "…", "newsletter": {…}}
+//! {"version": 1, "kind": "job", "task_id": "…", "newsletter": {…}, "to": ["ada@example.com"]}
 //! {"version": 1, "kind": "delivery", "task_id": "…", "chunk_id": "p0-c3", "newsletter": {…},
 //!  "recipients": [{"email": "ada@example.com", "topics": ["rust"]}]}
 //! ```
 
-use crate::domain::{EmailAddress, Newsletter, TaskId, Topic};
+use crate::domain::{EmailAddress, Newsletter, TaskId, TestRecipients, Topic};
 use serde::{Deserialize, Serialize};
 
 /// The format version this code writes and reads.
@@ -30,6 +31,11 @@ pub struct Job {
     /// Where planning resumes; absent on the message the accept function enqueues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<PlanCursor>,
+    /// A test send's addresses: planned as one page of these alone, never the contact list's
+    /// pages. Absent on a newsletter's job (and on every job written before test sends: they
+    /// decode as newsletters, so the version stays 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<TestRecipients>,
 }
 
 impl Job {
@@ -176,6 +182,7 @@ mod tests {
             task_id: TaskId::generate(),
             newsletter: newsletter(),
             cursor: None,
+            to: None,
         });
         let encoded = job.encode();
         let value: Value = serde_json::from_str(&encoded).unwrap();
@@ -183,6 +190,26 @@ mod tests {
         assert_eq!(value["kind"], "job");
         assert_eq!(value["task_id"], job.task_id().to_string());
         assert!(value.get("cursor").is_none());
+        assert!(
+            value.get("to").is_none(),
+            "a newsletter's job reads as before test sends"
+        );
+        assert_eq!(Message::decode(&encoded).unwrap(), job);
+    }
+
+    #[test]
+    fn a_test_job_carries_its_addresses() {
+        let to = TestRecipients::new(vec![EmailAddress::parse("ada@example.com").unwrap()]);
+        let job = Message::Job(Job {
+            task_id: TaskId::generate(),
+            newsletter: newsletter(),
+            cursor: None,
+            to: Some(to.unwrap()),
+        });
+        let encoded = job.encode();
+        let value: Value = serde_json::from_str(&encoded).unwrap();
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["to"], serde_json::json!(["ada@example.com"]));
         assert_eq!(Message::decode(&encoded).unwrap(), job);
     }
 

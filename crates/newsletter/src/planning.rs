@@ -89,6 +89,22 @@ pub fn plan_page(
     next_token: Option<String>,
     max_recipients: usize,
 ) -> PagePlan {
+    let selected = contacts
+        .into_iter()
+        .map(|contact| audience.select(&contact));
+    plan_selected(job, audience, selected, next_token, max_recipients)
+}
+
+/// Plans a page of contacts already selected ([`Audience::select`], or
+/// [`Audience::select_address`] for a test send's addresses, its one and last page): each is
+/// counted planned, and a recipient or skipped.
+pub fn plan_selected(
+    job: &Job,
+    audience: &Audience,
+    selected: impl IntoIterator<Item = Result<Recipient, Skip>>,
+    next_token: Option<String>,
+    max_recipients: usize,
+) -> PagePlan {
     let mut plan = PagePlan {
         page: job.cursor.as_ref().map_or(0, |cursor| cursor.page),
         next_token,
@@ -96,9 +112,9 @@ pub fn plan_page(
         ..PagePlan::default()
     };
     let mut recipients = Vec::new();
-    for contact in contacts {
+    for selection in selected {
         plan.contacts += 1;
-        match audience.select(&contact) {
+        match selection {
             Ok(recipient) => recipients.push(recipient),
             Err(Skip::InvalidAddress) => plan.invalid_addresses += 1,
             Err(Skip::UnsubscribedFromAll | Skip::NoTopicOfInterest) => plan.skipped += 1,
@@ -179,6 +195,7 @@ mod tests {
             }))
             .unwrap(),
             cursor,
+            to: None,
         }
     }
 
@@ -298,6 +315,7 @@ mod tests {
             newsletter: Newsletter::from_json(&json!({"subject": "S", "sections": sections}))
                 .unwrap(),
             cursor: None,
+            to: None,
         };
         let defaults = TopicDefaults(
             topics

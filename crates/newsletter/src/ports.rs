@@ -15,7 +15,9 @@
 //! `testing::contract` (feature `testing`).
 
 use crate::audience::{Contact, TopicDefaults};
-use crate::domain::{EmailAddress, PartFailure, PauseCode, TaskId, TaskRecord, TaskStatus, Topic};
+use crate::domain::{
+    EmailAddress, PartFailure, PauseCode, TaskId, TaskKind, TaskRecord, TaskStatus, Topic,
+};
 use crate::message::Message;
 use crate::planning::PagePlan;
 use crate::render::RenderedEmail;
@@ -97,6 +99,9 @@ pub struct DirectoryError(#[source] pub Cause);
 ///   contact of the list once; the last page has no `next_token`.
 /// - The `opted_into` hint MAY be ignored: callers select the recipients themselves.
 /// - `topic_defaults` MUST name every topic of the list with its default subscription.
+/// - `contact` MUST answer the list's contact of that address, with its preferences as `page`
+///   gives them, or `None` when the address is not in the list; an `Err` only when it could not
+///   tell (a missing list is an `Err` of `topic_defaults`, which callers ask first).
 pub trait ContactDirectory: Send + Sync {
     /// Each topic's default subscription status.
     fn topic_defaults(&self) -> impl Future<Output = Result<TopicDefaults, DirectoryError>> + Send;
@@ -108,6 +113,12 @@ pub trait ContactDirectory: Send + Sync {
         token: Option<&str>,
         opted_into: Option<&Topic>,
     ) -> impl Future<Output = Result<ContactPage, DirectoryError>> + Send;
+
+    /// The contact of `address`, if the list has one.
+    fn contact(
+        &self,
+        address: &EmailAddress,
+    ) -> impl Future<Output = Result<Option<Contact>, DirectoryError>> + Send;
 }
 
 // --- sending email ---------------------------------------------------------------------------
@@ -140,9 +151,13 @@ pub enum SendError {
 /// - `send` MUST NOT retry by itself: the caller paces, retries within its deadline and records
 ///   who was sent what.
 /// - Error texts MUST NOT carry the recipient's address (logs name recipients by a keyed hash).
+/// - The send MUST carry `task_id` where the service's events show it (SES: the `task_id`
+///   message tag), so a sent email traces back to its task; nothing of it goes into the email's
+///   content, which is the same for every task ([`RenderedEmail`]).
 pub trait Mailer: Send + Sync {
     fn send(
         &self,
+        task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,
@@ -165,9 +180,13 @@ pub struct StoreError(#[source] pub Cause);
 /// - Writes MUST be idempotent where the method says so: a retry after a lost answer changes
 ///   nothing twice.
 pub trait TaskStore: Send + Sync {
-    /// Records a new task as accepted. Task ids are fresh for every request, so creating one that
-    /// exists is a retry (an earlier try's answer was lost) and succeeds.
-    fn create(&self, task_id: TaskId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records a new task of `kind` as accepted. Task ids are fresh for every request, so
+    /// creating one that exists is a retry (an earlier try's answer was lost) and succeeds.
+    fn create(
+        &self,
+        task_id: TaskId,
+        kind: TaskKind,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn get(
         &self,
         task_id: TaskId,

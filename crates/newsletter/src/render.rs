@@ -3,16 +3,16 @@
 //! Input is never trusted as markup: titles and the subject are escaped by the template engine,
 //! raw HTML inside Markdown is turned into visible text, and links may only be http(s) or mailto.
 
-use crate::domain::{MarkdownBody, Newsletter, TaskId, Topic};
+use crate::domain::{MarkdownBody, Newsletter, Section, Topic};
 use askama::Template;
 use pulldown_cmark::{CowStr, Event, LinkType, Options, Parser, Tag, TagEnd};
 
-/// The content of one email, ready for any mail API.
+/// The content of one email, ready for any mail API. It depends on the newsletter and the topics
+/// alone, never on the task sending it: a preview (`POST /newsletters/preview`, no task) is the
+/// very email a subscriber gets. The task travels beside it, as the send's `task_id` tag
+/// ([`crate::ports::Mailer::send`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedEmail {
-    /// The task the email belongs to: tagged on the send, and in the HTML head, so a sent email
-    /// can be traced back to its newsletter.
-    pub task_id: TaskId,
     pub subject: String,
     pub html: String,
     pub text: String,
@@ -21,7 +21,6 @@ pub struct RenderedEmail {
 #[derive(Template)]
 #[template(path = "newsletter.html")]
 struct HtmlEmail<'a> {
-    task_id: TaskId,
     subject: &'a str,
     sections: Vec<HtmlSection<'a>>,
 }
@@ -33,16 +32,11 @@ struct HtmlSection<'a> {
 }
 
 /// Renders the newsletter for a subscriber of `topics`: its sections on those topics, in order.
-pub fn render(task_id: TaskId, newsletter: &Newsletter, topics: &[Topic]) -> RenderedEmail {
-    let sections: Vec<_> = newsletter
-        .sections()
-        .iter()
-        .filter(|section| topics.contains(&section.topic))
-        .collect();
+pub fn render(newsletter: &Newsletter, topics: &[Topic]) -> RenderedEmail {
+    let sections: Vec<_> = sections_for(newsletter, topics).collect();
     let subject = newsletter.subject().as_str();
 
     let html = HtmlEmail {
-        task_id,
         subject,
         sections: sections
             .iter()
@@ -67,11 +61,21 @@ pub fn render(task_id: TaskId, newsletter: &Newsletter, topics: &[Topic]) -> Ren
         text.push_str("\n\n");
     }
     RenderedEmail {
-        task_id,
         subject: subject.to_owned(),
         html,
         text: text.trim_end().to_owned() + "\n",
     }
+}
+
+/// The sections of the newsletter a subscriber of `topics` gets, in order.
+pub fn sections_for<'a>(
+    newsletter: &'a Newsletter,
+    topics: &'a [Topic],
+) -> impl Iterator<Item = &'a Section> {
+    newsletter
+        .sections()
+        .iter()
+        .filter(|section| topics.contains(&section.topic))
 }
 
 fn parser(markdown: &MarkdownBody) -> impl Iterator<Item = Event<'_>> {
@@ -178,7 +182,7 @@ mod tests {
             {"topic": "aws", "title": "Second", "body": "two"},
             {"topic": "rust", "title": "Third", "body": "three"}
         ]));
-        let email = render(TaskId::generate(), &newsletter, &topics(&["rust"]));
+        let email = render(&newsletter, &topics(&["rust"]));
         assert!(email.html.contains("First") && email.html.contains("Third"));
         assert!(!email.html.contains("Second"));
         assert!(email.html.find("First").unwrap() < email.html.find("Third").unwrap());
@@ -193,7 +197,7 @@ mod tests {
         let newsletter = newsletter(
             json!([{"topic": "rust", "title": "T", "body": "Some **bold** and [a link](https://rust-lang.org)."}]),
         );
-        let email = render(TaskId::generate(), &newsletter, &topics(&["rust"]));
+        let email = render(&newsletter, &topics(&["rust"]));
         assert!(email.html.contains("<strong>bold</strong>"));
         assert!(
             email
@@ -214,7 +218,7 @@ mod tests {
             "title": "<script>alert('title')</script>",
             "body": "<script>alert('body')</script>\n\nInline <img src=x onerror=alert(1)> html"
         }]));
-        let email = render(TaskId::generate(), &newsletter, &topics(&["rust"]));
+        let email = render(&newsletter, &topics(&["rust"]));
         assert!(!email.html.contains("<script"), "{}", email.html);
         assert!(!email.html.contains("<img"), "{}", email.html);
         // The body's raw HTML is shown as text by pulldown-cmark, the title escaped by askama.
@@ -247,7 +251,7 @@ mod tests {
             "topic": "rust", "title": "T",
             "body": "[click](javascript:alert(1)) ![img](data:text/html,x) [mail](mailto:a@example.com)"
         }]));
-        let email = render(TaskId::generate(), &newsletter, &topics(&["rust"]));
+        let email = render(&newsletter, &topics(&["rust"]));
         assert!(
             !email.html.to_ascii_lowercase().contains("javascript:"),
             "{}",

@@ -3,7 +3,7 @@
 //! recorded) before the invocation's deadline, and recording who was sent what in small groups.
 
 use crate::domain::{PauseCode, RecipientRefs, TaskRecord, TaskStatus, Topic};
-use crate::message::{Delivery, Recipient};
+use crate::message::Delivery;
 use crate::ports::{
     ChunkProgress, ChunkStore, Holder, Lease, Mailer, SendError, Settled, StoreError, TaskStore,
 };
@@ -276,11 +276,7 @@ impl<'a> Renders<'a> {
                 return email;
             }
         }
-        let email = Arc::new(render(
-            self.delivery.task_id,
-            &self.delivery.newsletter,
-            topics,
-        ));
+        let email = Arc::new(render(&self.delivery.newsletter, topics));
         self.kept.truncate(RENDERED_KEPT - 1);
         self.kept.push_front((topics, email.clone()));
         email
@@ -425,7 +421,7 @@ impl<M: Mailer> Sender<M> {
                 pending.pop_front();
                 let recipient = &delivery.recipients[usize::from(position)];
                 let email = renders.get(&recipient.topics);
-                sends.push(self.send_one(position, recipient, email, slot, budget, &halting));
+                sends.push(self.send_one(position, delivery, email, slot, budget, &halting));
             }
             if checking.is_none() && !stopped && Instant::now() >= next_check {
                 checking = Some(Box::pin(store.get(task_id)));
@@ -540,12 +536,13 @@ impl<M: Mailer> Sender<M> {
     async fn send_one(
         &self,
         position: u16,
-        recipient: &Recipient,
+        delivery: &Delivery,
         email: Arc<RenderedEmail>,
         slot: Instant,
         budget: &Budget,
         halting: &Halting,
     ) -> (u16, SendOutcome, usize) {
+        let recipient = &delivery.recipients[usize::from(position)];
         let topic = match recipient.topics.as_slice() {
             [only] => Some(only),
             _ => None,
@@ -562,7 +559,8 @@ impl<M: Mailer> Sender<M> {
             }
             let answer = tokio::time::timeout(
                 budget.send_timeout,
-                self.mailer.send(&recipient.email, &email, topic),
+                self.mailer
+                    .send(delivery.task_id, &recipient.email, &email, topic),
             )
             .await
             .unwrap_or_else(|_| Err(SendError::Transient("no answer in time".into())));

@@ -1,12 +1,13 @@
 //! Accepting a newsletter: parse the request body, give it a task id, record the task, and put
 //! the job on the queue; with an Idempotency-Key, at most once per key.
 
-use crate::domain::{FieldError, IdempotencyKey, Newsletter, TaskId};
+use crate::domain::{FieldError, IdempotencyKey, Newsletter, TaskId, TaskKind, TestRecipients};
 use crate::message::{Job, Message};
 use crate::ports::{
     Cause, IdempotencyStore, MessageQueue, QueueError, Reservation, StoreError, TaskStore,
     Withdrawal,
 };
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -39,8 +40,8 @@ pub const RUNNING_SKEW: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     at: SystemTime,
-    /// The calls that accept the newsletter end here.
-    calls_end: Instant,
+    /// The calls that accept the newsletter (or read the list for a preview) end here.
+    pub(crate) calls_end: Instant,
     /// Withdrawing and giving the key back end here; then the answer.
     settle_end: Instant,
 }
@@ -75,7 +76,7 @@ impl Deadline {
 
 /// `call`, or a `timed_out` error if it has not answered by `end` (it is then cut off; what
 /// it did is unknown, as with any lost answer).
-async fn bounded<T, E>(
+pub(crate) async fn bounded<T, E>(
     end: Instant,
     call: impl Future<Output = Result<T, E>>,
     timed_out: fn(Cause) -> E,
@@ -85,15 +86,57 @@ async fn bounded<T, E>(
         .unwrap_or_else(|_| Err(timed_out("no answer before the request's deadline".into())))
 }
 
-/// Everything that can stop a newsletter from being accepted.
+/// Why a request body does not hold a newsletter request: the same answers on every route that
+/// takes one (`POST /newsletters`, `…/test`, `…/preview`).
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub enum RequestError {
     #[error("the request body is {size} bytes, over the {MAX_REQUEST_BYTES} byte limit")]
     TooLarge { size: usize },
     #[error("the request body is not valid JSON: {0}")]
     Malformed(serde_json::Error),
     #[error("the newsletter has {} invalid field(s)", .0.len())]
     Invalid(Vec<FieldError>),
+}
+
+/// The JSON document of a request body of at most [`MAX_REQUEST_BYTES`].
+pub fn parse_document(body: &[u8]) -> Result<Value, RequestError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge { size: body.len() });
+    }
+    serde_json::from_slice(body).map_err(RequestError::Malformed)
+}
+
+/// The newsletter of `document` and, beside it, its member `name` as `parse` reads it (given
+/// `None` when the member is absent); every invalid field of both is reported at once.
+pub fn parse_beside<T>(
+    document: &Value,
+    name: &str,
+    parse: impl FnOnce(Option<&Value>) -> Result<T, Vec<FieldError>>,
+) -> Result<(Newsletter, T), RequestError> {
+    let newsletter = Newsletter::from_json_beside(document, &[name]);
+    // A document that is no object has only the newsletter's error to show.
+    let other = match document.as_object() {
+        Some(object) => parse(object.get(name)),
+        None => Err(Vec::new()),
+    };
+    match (newsletter, other) {
+        (Ok(newsletter), Ok(other)) => Ok((newsletter, other)),
+        (newsletter, other) => Err(RequestError::Invalid(
+            newsletter
+                .err()
+                .into_iter()
+                .chain(other.err())
+                .flatten()
+                .collect(),
+        )),
+    }
+}
+
+/// Everything that can stop a newsletter from being accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
     #[error("this Idempotency-Key was used for a different newsletter")]
     KeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -122,28 +165,60 @@ where
     Q: MessageQueue,
     S: TaskStore + IdempotencyStore,
 {
-    if body.len() > MAX_REQUEST_BYTES {
-        return Err(SubmitError::TooLarge { size: body.len() });
-    }
-    let document = serde_json::from_slice(body).map_err(SubmitError::Malformed)?;
-    let newsletter = Newsletter::from_json(&document).map_err(SubmitError::Invalid)?;
+    let document = parse_document(body)?;
+    let newsletter = Newsletter::from_json(&document).map_err(RequestError::Invalid)?;
+    queue_job(queue, store, newsletter, None, key, deadline).await
+}
+
+/// Accepts a test send (`POST /newsletters/test`): the newsletter and its `"to"` addresses
+/// become a task of kind test, queued exactly as [`submit`] queues a newsletter (the same
+/// idempotency, the same "queued or nothing"); the worker plans its addresses alone.
+pub async fn submit_test<Q, S>(
+    queue: &Q,
+    store: &S,
+    body: &[u8],
+    key: Option<&IdempotencyKey>,
+    deadline: &Deadline,
+) -> Result<TaskId, SubmitError>
+where
+    Q: MessageQueue,
+    S: TaskStore + IdempotencyStore,
+{
+    let document = parse_document(body)?;
+    let (newsletter, to) = parse_beside(&document, "to", |to| TestRecipients::from_json(to, "to"))?;
+    queue_job(queue, store, newsletter, Some(to), key, deadline).await
+}
+
+/// The task and its job: a newsletter's, or a test send's to `to`.
+async fn queue_job<Q, S>(
+    queue: &Q,
+    store: &S,
+    newsletter: Newsletter,
+    to: Option<TestRecipients>,
+    key: Option<&IdempotencyKey>,
+    deadline: &Deadline,
+) -> Result<TaskId, SubmitError>
+where
+    Q: MessageQueue,
+    S: TaskStore + IdempotencyStore,
+{
     let task_id = TaskId::generate();
     let span = tracing::info_span!("task", %task_id);
 
     let Some(key) = key else {
-        return enqueue(queue, store, task_id, newsletter, deadline)
+        return enqueue(queue, store, task_id, newsletter, to, deadline)
             .instrument(span)
             .await;
     };
-    if let Reserved::Replay(original) =
-        reserve(store, key, &fingerprint(&newsletter), task_id, deadline)
-            .instrument(span.clone())
-            .await?
+    let fingerprint = fingerprint(&newsletter, to.as_ref());
+    if let Reserved::Replay(original) = reserve(store, key, &fingerprint, task_id, deadline)
+        .instrument(span.clone())
+        .await?
     {
         tracing::info!(task_id = %original, "idempotent replay: answering with the original task");
         return Ok(original);
     }
-    let result = enqueue(queue, store, task_id, newsletter, deadline)
+    let result = enqueue(queue, store, task_id, newsletter, to, deadline)
         .instrument(span.clone())
         .await;
     let settled = match &result {
@@ -172,13 +247,19 @@ async fn enqueue<Q, S>(
     store: &S,
     task_id: TaskId,
     newsletter: Newsletter,
+    to: Option<TestRecipients>,
     deadline: &Deadline,
 ) -> Result<TaskId, SubmitError>
 where
     Q: MessageQueue,
     S: TaskStore,
 {
-    if let Err(err) = bounded(deadline.calls_end, store.create(task_id), StoreError).await {
+    let kind = match to {
+        Some(_) => TaskKind::Test,
+        None => TaskKind::Newsletter,
+    };
+    let created = bounded(deadline.calls_end, store.create(task_id, kind), StoreError).await;
+    if let Err(err) = created {
         tracing::error!(error = %err, "newsletter not accepted: task store failed");
         return Err(err.into());
     }
@@ -187,10 +268,11 @@ where
         task_id,
         newsletter,
         cursor: None,
+        to,
     });
     match bounded(deadline.calls_end, queue.send(&job), QueueError).await {
         Ok(()) => {
-            tracing::info!(sections, "newsletter accepted");
+            tracing::info!(sections, kind = kind.as_str(), "newsletter accepted");
             Ok(task_id)
         }
         Err(err) => {
@@ -303,9 +385,15 @@ async fn recover<S: TaskStore + IdempotencyStore>(
     }
 }
 
-/// Identifies a newsletter's content, whatever the formatting of the request that carried it.
-fn fingerprint(newsletter: &Newsletter) -> String {
-    let canonical = serde_json::to_vec(newsletter).unwrap_or_default();
+/// Identifies a newsletter's content, and a test send's addresses, whatever the formatting of
+/// the request that carried them. A newsletter's is what it was before test sends existed, so
+/// keys recorded then still match.
+fn fingerprint(newsletter: &Newsletter, to: Option<&TestRecipients>) -> String {
+    let mut canonical = serde_json::to_vec(newsletter).unwrap_or_default();
+    if let Some(to) = to {
+        canonical.extend_from_slice(b"\nto:");
+        canonical.extend(serde_json::to_vec(to).unwrap_or_default());
+    }
     Sha256::digest(canonical)
         .iter()
         .map(|byte| format!("{byte:02x}"))

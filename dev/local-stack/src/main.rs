@@ -7,6 +7,7 @@ use local_stack::stack::{DynamoDb, LocalStack, StackOptions};
 use local_stack::subscribers::ContactList;
 use local_stack::template::Template;
 use local_stack::{Settings, repository_root};
+use newsletter::domain::TaskKind;
 use newsletter::ports::TaskStore;
 use std::sync::Arc;
 
@@ -88,7 +89,7 @@ async fn dev() -> anyhow::Result<()> {
         aws_sdk_dynamodb::Client::new(&aws),
         &stack.settings.table_name,
     )
-    .create(sample_task)
+    .create(sample_task, TaskKind::Newsletter)
     .await
     .context("recording the samples' task")?;
     let url = stack.newsletters_url();

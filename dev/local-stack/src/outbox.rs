@@ -1,6 +1,7 @@
 //! What the local SES recorded as sent (moto's `/moto-api/data.json`).
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SentEmail {
@@ -8,15 +9,19 @@ pub struct SentEmail {
     pub subject: String,
     /// The HTML part if there is one, else the text part.
     pub body: String,
+    /// The text part, if the send had one (kept by dev/moto_server.py; moto itself drops it).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The send's SES message tags, by name (kept by dev/moto_server.py).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl SentEmail {
-    /// The task the email belongs to, from the `newsletter-task` meta tag the worker renders.
+    /// The task the email belongs to: the send's `task_id` tag (the email's content does not
+    /// name it, so that it is the same for every task and for a preview).
     pub fn task_id(&self) -> Option<&str> {
-        let marker = r#"<meta name="newsletter-task" content=""#;
-        let start = self.body.find(marker)? + marker.len();
-        let length = self.body[start..].find('"')?;
-        Some(&self.body[start..start + length])
+        self.tags.get("task_id").map(String::as_str)
     }
 
     /// The section headings, in order (as rendered, HTML-escaped).

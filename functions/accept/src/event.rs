@@ -19,7 +19,9 @@ use lambda_http::{
     },
     request::LambdaRequest,
 };
-use newsletter::ports::{ChunkStore, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::ports::{
+    ChunkStore, ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore,
+};
 use std::net::Ipv6Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -32,10 +34,11 @@ pub enum EventError {
     Unreadable,
 }
 
-impl<Q, S> App<Q, S>
+impl<Q, S, D> App<Q, S, D>
 where
     Q: MessageQueue,
     S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
+    D: ContactDirectory,
 {
     /// Answers one Lambda event with the response its origin expects (API Gateway REST or HTTP
     /// API, function URL, ALB). Never fails and never panics on what the event holds.
@@ -45,7 +48,7 @@ where
     pub async fn handle_event(
         &self,
         event: LambdaEvent<LambdaRequest>,
-    ) -> Result<impl serde::Serialize + Send + use<Q, S>, Error> {
+    ) -> Result<impl serde::Serialize + Send + use<Q, S, D>, Error> {
         let LambdaEvent { payload, context } = event;
         let origin = payload.request_origin();
         let response = match into_request(payload) {

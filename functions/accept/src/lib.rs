@@ -1,6 +1,8 @@
 //! HTTP adapter for newsletters: `POST /newsletters` accepts one (202 + task id),
 //! `GET /newsletters/{task_id}` tells how it is going, and `POST /newsletters/{task_id}/pause`,
-//! `…/resume` and `DELETE /newsletters/{task_id}` control it (202 + its status). Routes, checks the media type and headers,
+//! `…/resume` and `DELETE /newsletters/{task_id}` control it (202 + its status);
+//! `POST /newsletters/test` sends one to a few addresses (202, a task of kind test) and
+//! `POST /newsletters/preview` shows the email a contact would get (200). Routes, checks the media type and headers,
 //! hands the rest to the domain, and maps the outcome to a response or an RFC 9457 problem.
 
 pub mod event;
@@ -13,17 +15,22 @@ use lambda_http::{
     http::{Method, StatusCode, header},
 };
 use newsletter::control::{self, ControlError};
-use newsletter::domain::TaskRecord;
-use newsletter::ports::{ChunkStore, IdempotencyStore, MessageQueue, PauseStore, TaskStore};
+use newsletter::domain::{EmailAddress, TaskKind, TaskRecord};
+use newsletter::ports::{
+    ChunkStore, ContactDirectory, IdempotencyStore, MessageQueue, PauseStore, TaskStore,
+};
+use newsletter::preview::{Preview, PreviewError, preview};
 use newsletter::status::{StatusError, parse_task_id, task_status};
-use newsletter::submit::{Deadline, SubmitError, submit};
+use newsletter::submit::{Deadline, SubmitError, submit, submit_test};
 use newsletter::{IdempotencyKey, TaskId};
 use problem::Problem;
 use routes::{Route, route};
 use serde::Serialize;
 use std::time::Duration;
 
-pub use routes::{NEWSLETTERS_PATH, PAUSE_PATH, RESUME_PATH, ROUTES, TASK_PATH};
+pub use routes::{
+    NEWSLETTERS_PATH, PAUSE_PATH, PREVIEW_PATH, RESUME_PATH, ROUTES, TASK_PATH, TEST_PATH,
+};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client polling an unfinished task should wait before asking again.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
@@ -40,9 +47,11 @@ pub fn sdk_timeouts() -> TimeoutConfig {
 }
 
 /// The accept function's state, built once at init and shared by every invocation.
-pub struct App<Q, S> {
+pub struct App<Q, S, D> {
     queue: Q,
     store: S,
+    /// The contact list, read by previews.
+    directory: D,
 }
 
 /// Everything a request can fail with, mapped to one HTTP problem each in [`Problem::from`].
@@ -62,6 +71,8 @@ pub enum AcceptError {
     Status(#[from] StatusError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Preview(#[from] PreviewError),
 }
 
 impl AcceptError {
@@ -76,7 +87,7 @@ impl AcceptError {
                 ControlError::Store(_)
                     | ControlError::Queue(_)
                     | ControlError::UnreadableParked { .. }
-            )
+            ) | Self::Preview(PreviewError::Directory(_))
         )
     }
 }
@@ -95,13 +106,18 @@ struct Accepted {
     status: &'static str,
 }
 
-impl<Q, S> App<Q, S>
+impl<Q, S, D> App<Q, S, D>
 where
     Q: MessageQueue,
     S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
+    D: ContactDirectory,
 {
-    pub fn new(queue: Q, store: S) -> Self {
-        Self { queue, store }
+    pub fn new(queue: Q, store: S, directory: D) -> Self {
+        Self {
+            queue,
+            store,
+            directory,
+        }
     }
 
     /// Answers one request. Never fails: every outcome is an HTTP response.
@@ -112,7 +128,12 @@ where
             Some(route) if !route.serves(request.method()) => {
                 Err(AcceptError::MethodNotAllowed(route.allow()))
             }
-            Some(Route::Newsletters) => self.accept(&request).await.map(accepted),
+            Some(Route::Newsletters) => self
+                .accept(&request, TaskKind::Newsletter)
+                .await
+                .map(accepted),
+            Some(Route::Test) => self.accept(&request, TaskKind::Test).await.map(accepted),
+            Some(Route::Preview) => self.preview(&request).await.map(previewed),
             Some(Route::Task(id)) if request.method() == Method::DELETE => {
                 self.control(id, Control::Cancel).await.map(controlled)
             }
@@ -152,10 +173,23 @@ where
         })
     }
 
-    async fn accept(&self, request: &Request) -> Result<TaskId, AcceptError> {
-        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
-            return Err(AcceptError::UnsupportedMediaType);
-        }
+    /// Renders the newsletter of the request as its `"as"` contact would get it. Read-only: an
+    /// Idempotency-Key, if sent, changes nothing.
+    async fn preview(&self, request: &Request) -> Result<Preview, AcceptError> {
+        require_json(request)?;
+        let previewed = preview(&self.directory, request.body().as_ref(), &deadline(request)).await;
+        previewed.map_err(|err| {
+            let err = AcceptError::from(err);
+            if err.is_dependency_failure() {
+                tracing::error!(error = %err, "preview failed");
+            }
+            err
+        })
+    }
+
+    /// Queues a newsletter, or a test send of one (`kind`).
+    async fn accept(&self, request: &Request, kind: TaskKind) -> Result<TaskId, AcceptError> {
+        require_json(request)?;
         let key = match request.headers().get(IDEMPOTENCY_KEY) {
             None => None,
             Some(value) => {
@@ -166,22 +200,30 @@ where
                 )
             }
         };
-        // Every call is bounded by the invocation's deadline, so the function answers (503 at
-        // worst) before Lambda would stop it.
-        let deadline = Deadline::of_invocation(
-            request
-                .lambda_context_ref()
-                .map(|context| context.deadline()),
-        );
+        let deadline = deadline(request);
         // lambda_http has already decoded a base64 body (`isBase64Encoded`) into bytes.
-        Ok(submit(
-            &self.queue,
-            &self.store,
-            request.body().as_ref(),
-            key.as_ref(),
-            &deadline,
-        )
-        .await?)
+        let (body, key) = (request.body().as_ref(), key.as_ref());
+        Ok(match kind {
+            TaskKind::Newsletter => submit(&self.queue, &self.store, body, key, &deadline).await?,
+            TaskKind::Test => submit_test(&self.queue, &self.store, body, key, &deadline).await?,
+        })
+    }
+}
+
+/// Every call is bounded by the invocation's deadline, so the function answers (503 at worst)
+/// before Lambda would stop it.
+fn deadline(request: &Request) -> Deadline {
+    Deadline::of_invocation(
+        request
+            .lambda_context_ref()
+            .map(|context| context.deadline()),
+    )
+}
+
+fn require_json(request: &Request) -> Result<(), AcceptError> {
+    match is_json(request.headers().get(header::CONTENT_TYPE)) {
+        true => Ok(()),
+        false => Err(AcceptError::UnsupportedMediaType),
     }
 }
 
@@ -213,6 +255,59 @@ fn accepted(task_id: TaskId) -> Response<Body> {
         &body,
         &[(header::LOCATION, format!("{NEWSLETTERS_PATH}/{task_id}"))],
     )
+}
+
+/// A preview's body: the email as the worker sends it and its sections, or, for a contact who
+/// would get none, why (`skipped`) and no email.
+#[derive(Serialize)]
+struct Previewed<'a> {
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    address: Option<&'a EmailAddress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    html: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    sections: Vec<PreviewedSection<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct PreviewedSection<'a> {
+    topic: &'a str,
+    title: &'a str,
+}
+
+fn previewed(preview: Preview) -> Response<Body> {
+    let address = preview.address.as_ref();
+    let body = match &preview.outcome {
+        Ok(shown) => Previewed {
+            address,
+            subject: Some(&shown.email.subject),
+            html: Some(&shown.email.html),
+            text: Some(&shown.email.text),
+            sections: shown
+                .sections
+                .iter()
+                .map(|(topic, title)| PreviewedSection {
+                    topic: topic.as_str(),
+                    title,
+                })
+                .collect(),
+            skipped: None,
+        },
+        Err(skip) => Previewed {
+            address,
+            subject: None,
+            html: None,
+            text: None,
+            sections: Vec::new(),
+            skipped: Some(skip.as_str()),
+        },
+    };
+    json_response(StatusCode::OK, "application/json", &body, &[])
 }
 
 fn status(task: TaskRecord) -> Response<Body> {

@@ -1,10 +1,12 @@
-//! The `accept` Lambda: `POST /newsletters` → SQS → `202 Accepted`.
+//! The `accept` Lambda: `POST /newsletters` → SQS → `202 Accepted` (and the other routes of
+//! `accept::ROUTES`).
 
 use accept::App;
 use lambda_http::{Error, lambda_runtime, service_fn};
 use newsletter::config;
 use newsletter_aws::dynamodb::DynamoStore;
 use newsletter_aws::sdk;
+use newsletter_aws::ses::SesContactList;
 use newsletter_aws::sqs::SqsQueue;
 
 #[tokio::main(flavor = "current_thread")]
@@ -13,11 +15,15 @@ async fn main() -> Result<(), Error> {
 
     let queue_url = config::required("QUEUE_URL")?;
     let table_name = config::required("TABLE_NAME")?;
+    let contact_list_name = config::required("CONTACT_LIST_NAME")?;
     // The caller is waiting: bound the time a struggling SQS or DynamoDB can hold a request.
     let aws = sdk::load(accept::sdk_timeouts()).await?;
     let app = App::new(
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url),
         DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table_name),
+        // With accept's own timeouts (not the worker's patient contact-list client): a preview
+        // answers within the request's time, 503 at worst.
+        SesContactList::new(aws_sdk_sesv2::Client::new(&aws), contact_list_name),
     );
 
     // Not lambda_http::run: its conversion of the event panics on some events API Gateway sends

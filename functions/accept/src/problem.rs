@@ -6,7 +6,9 @@ use lambda_http::{
     http::{StatusCode, header},
 };
 use newsletter::control::ControlError;
-use newsletter::{FieldError, TaskId, status::StatusError, submit::SubmitError};
+use newsletter::preview::PreviewError;
+use newsletter::submit::{RequestError, SubmitError};
+use newsletter::{FieldError, TaskId, status::StatusError};
 use serde::Serialize;
 
 /// Seconds a caller should wait before retrying after a dependency failed.
@@ -65,6 +67,33 @@ impl Problem {
         }
     }
 
+    /// A request body that holds no valid newsletter request.
+    fn of_request(err: RequestError, detail: String) -> Self {
+        match err {
+            RequestError::TooLarge { .. } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Content Too Large",
+                detail,
+            ),
+            RequestError::Malformed(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                detail,
+            ),
+            RequestError::Invalid(errors) => Problem {
+                errors,
+                ..Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation-failed",
+                    "Invalid newsletter",
+                    detail,
+                )
+            },
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         json_response(
             self.status,
@@ -110,27 +139,13 @@ impl From<AcceptError> for Problem {
                         .into(),
                 )
             },
-            AcceptError::Submit(SubmitError::TooLarge { .. }) => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Content Too Large",
-                detail,
+            // One body, one set of answers, on every route that takes a newsletter.
+            AcceptError::Submit(SubmitError::Request(err))
+            | AcceptError::Preview(PreviewError::Request(err)) => Problem::of_request(err, detail),
+            AcceptError::Preview(PreviewError::Directory(_)) => Problem::unavailable(
+                "directory-unavailable",
+                "the contact list could not be read to preview the email; retry later".into(),
             ),
-            AcceptError::Submit(SubmitError::Malformed(_)) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "Malformed JSON",
-                detail,
-            ),
-            AcceptError::Submit(SubmitError::Invalid(errors)) => Problem {
-                errors,
-                ..Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation-failed",
-                    "Invalid newsletter",
-                    detail,
-                )
-            },
             AcceptError::Submit(SubmitError::KeyReused) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

@@ -9,6 +9,10 @@ pub const TASK_PATH: &str = "/newsletters/{task_id}";
 pub const PAUSE_PATH: &str = "/newsletters/{task_id}/pause";
 /// Resumes a paused task where it stopped (`202`, its status).
 pub const RESUME_PATH: &str = "/newsletters/{task_id}/resume";
+/// A test send to a few addresses (`202`, a task of its own).
+pub const TEST_PATH: &str = "/newsletters/test";
+/// The email a contact would get (`200`), rendered now.
+pub const PREVIEW_PATH: &str = "/newsletters/preview";
 
 /// Every route the handler serves: (method, path template). The router answers only these: any
 /// other method on one of these paths is a 405 whose `Allow` this table gives.
@@ -19,6 +23,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", TASK_PATH),
     ("POST", PAUSE_PATH),
     ("POST", RESUME_PATH),
+    ("POST", TEST_PATH),
+    ("POST", PREVIEW_PATH),
 ];
 
 /// What a request asks for: one path template of [`ROUTES`], and what it captured.
@@ -28,6 +34,8 @@ pub(crate) enum Route<'a> {
     Task(&'a str),
     Pause(&'a str),
     Resume(&'a str),
+    Test,
+    Preview,
 }
 
 pub(crate) fn route(path: &str) -> Option<Route<'_>> {
@@ -37,6 +45,9 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
             let mut segments = rest.strip_prefix('/')?.split('/');
             let id = segments.next().filter(|id| !id.is_empty())?;
             let route = match segments.next() {
+                // Not task ids (those are UUIDs): these two paths win over `{task_id}`.
+                None if id == "test" => Route::Test,
+                None if id == "preview" => Route::Preview,
                 None => Route::Task(id),
                 Some("pause") => Route::Pause(id),
                 Some("resume") => Route::Resume(id),
@@ -54,6 +65,8 @@ impl Route<'_> {
             Route::Task(_) => TASK_PATH,
             Route::Pause(_) => PAUSE_PATH,
             Route::Resume(_) => RESUME_PATH,
+            Route::Test => TEST_PATH,
+            Route::Preview => PREVIEW_PATH,
         }
     }
 
@@ -122,6 +135,16 @@ mod tests {
         assert!(!Route::Task("x").serves(&Method::HEAD));
         assert_eq!(Route::Pause("x").allow(), "POST");
         assert_eq!(Route::Resume("x").allow(), "POST");
+        assert_eq!(Route::Test.allow(), "POST");
+        assert_eq!(Route::Preview.allow(), "POST");
+    }
+
+    #[test]
+    fn the_test_and_preview_paths_are_not_task_ids() {
+        assert_eq!(route("/newsletters/test"), Some(Route::Test));
+        assert_eq!(route("/newsletters/preview"), Some(Route::Preview));
+        assert!(!Route::Test.serves(&Method::GET));
+        assert_eq!(route("/newsletters/test/pause"), Some(Route::Pause("test")));
     }
 
     #[test]

@@ -7,14 +7,18 @@ use newsletter::TaskId;
 use newsletter::domain::TaskStatus;
 use newsletter::message::Message;
 use newsletter::ports::{PauseStore, QueueError, TaskStore};
-use newsletter::testing::fakes::{Fault, FaultyStore, MemoryStore, RecordingQueue};
+use newsletter::testing::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingQueue};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-type TestApp = App<RecordingQueue, MemoryStore>;
+type TestApp = App<RecordingQueue, MemoryStore, PagedDirectory>;
 
 fn app() -> TestApp {
-    App::new(RecordingQueue::default(), MemoryStore::default())
+    App::new(
+        RecordingQueue::default(),
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    )
 }
 
 fn request(method: &str, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request {
@@ -48,10 +52,11 @@ struct Answer {
     body: Value,
 }
 
-async fn send<Q, S>(app: &App<Q, S>, request: Request) -> Answer
+async fn send<Q, S, D>(app: &App<Q, S, D>, request: Request) -> Answer
 where
     Q: MessageQueue,
     S: TaskStore + IdempotencyStore + PauseStore + ChunkStore,
+    D: ContactDirectory,
 {
     let response = app.handle(request).await;
     let content_type = response.headers()[header::CONTENT_TYPE]
@@ -387,6 +392,7 @@ async fn queue_failure_is_503_with_retry_after_and_never_202() {
             ..Default::default()
         },
         MemoryStore::default(),
+        PagedDirectory::default(),
     );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
@@ -451,6 +457,7 @@ async fn status_of_a_task_in_progress_says_when_to_look_again() {
         answer.body,
         json!({
             "task_id": accepted.body["task_id"],
+            "kind": "newsletter",
             "status": "accepted",
             "created_at": "2026-11-25T10:00:00Z",
             "updated_at": "2026-11-25T10:00:00Z",
@@ -585,6 +592,7 @@ async fn a_failed_enqueue_gives_the_key_back() {
             ..Default::default()
         },
         MemoryStore::default(),
+        PagedDirectory::default(),
     );
     assert_eq!(
         send(&app, with_key("order-42", &valid_body().to_string()))
@@ -600,7 +608,11 @@ async fn a_failed_enqueue_gives_the_key_back() {
 
 #[tokio::test]
 async fn a_store_outage_is_503_and_nothing_is_queued() {
-    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
+    let app = App::new(
+        RecordingQueue::default(),
+        MemoryStore::unreachable(),
+        PagedDirectory::default(),
+    );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers[header::RETRY_AFTER], "5");
@@ -697,6 +709,7 @@ async fn a_lost_queue_answer_withdraws_the_task_and_its_status_says_so() {
     let app = App::new(
         RecordingQueue::failing_next([Fault::LoseAnswer]),
         MemoryStore::default(),
+        PagedDirectory::default(),
     );
     let answer = send(&app, with_key("order-42", &valid_body().to_string())).await;
     assert_eq!(answer.status, 503);
@@ -726,6 +739,7 @@ async fn a_task_that_could_not_be_withdrawn_is_a_503_naming_it() {
     let app = App::new(
         RecordingQueue::failing_next([Fault::LoseAnswer]),
         FaultyStore::new(MemoryStore::default(), [("withdraw", vec![Fault::Fail])]),
+        PagedDirectory::default(),
     );
     let answer = send(&app, post_json(&valid_body().to_string())).await;
     let Some(Message::Job(job)) = app.queue.take().pop() else {
@@ -766,7 +780,11 @@ impl MessageQueue for StalledQueue {
 
 #[tokio::test]
 async fn the_invocation_deadline_bounds_the_request() {
-    let app = App::new(StalledQueue, MemoryStore::default());
+    let app = App::new(
+        StalledQueue,
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    );
     let mut context = lambda_http::Context::default();
     let deadline = SystemTime::now() + Duration::from_secs(2);
     context.deadline = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -911,7 +929,11 @@ async fn pause_and_resume_of_unknown_finished_or_malformed_tasks_are_problems() 
 
 #[tokio::test]
 async fn a_store_outage_during_a_pause_resume_or_cancel_is_503_with_retry_after() {
-    let app = App::new(RecordingQueue::default(), MemoryStore::unreachable());
+    let app = App::new(
+        RecordingQueue::default(),
+        MemoryStore::unreachable(),
+        PagedDirectory::default(),
+    );
     let task = format!("/newsletters/{}", TaskId::generate());
     for request in [
         post(&format!("{task}/pause")),
@@ -1065,3 +1087,5 @@ async fn cancel_of_unknown_finished_or_malformed_tasks_are_problems() {
         "the task is withdrawn: it can no longer be paused, resumed or cancelled"
     );
 }
+
+mod new_routes;

@@ -5,7 +5,7 @@ use super::*;
 use aws_lambda_events::event::sqs::SqsMessage;
 use lambda_runtime::Context;
 use newsletter::audience::{Subscription, TopicDefaults};
-use newsletter::domain::{EmailAddress, TaskStatus, Topic};
+use newsletter::domain::{EmailAddress, TaskKind, TaskStatus, Topic};
 use newsletter::message::{Delivery, Message, Recipient};
 use newsletter::planning::PagePlan;
 use newsletter::ports::{ContactPage, PlanStore, SendError, TaskStore};
@@ -53,7 +53,7 @@ fn function() -> (TestFunction, MemoryStore) {
 /// A delivery message to `email` for a recorded, fully planned task.
 async fn delivery_to(store: &MemoryStore, email: &str) -> (TaskId, String) {
     let task_id = TaskId::generate();
-    store.create(task_id).await.unwrap();
+    store.create(task_id, TaskKind::Newsletter).await.unwrap();
     let recipients = vec![Recipient {
         email: EmailAddress::parse(email).unwrap(),
         topics: vec![Topic::parse("rust").unwrap()],

@@ -8,7 +8,8 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use newsletter::domain::{
-    FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskRecord, TaskStatus,
+    FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskKind, TaskRecord,
+    TaskStatus,
 };
 use newsletter::ports::{StoreError, TaskStore, Withdrawal};
 use std::collections::HashMap;
@@ -17,13 +18,14 @@ use std::time::Duration;
 const TASK_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl TaskStore for DynamoStore {
-    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+    async fn create(&self, task_id: TaskId, kind: TaskKind) -> Result<(), StoreError> {
         let now = now_rfc3339();
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("pk", task_key(task_id))
+            .item("kind", s(kind.as_str()))
             .item("status", s(TaskStatus::Accepted.as_str()))
             .item("created_at", s(&now))
             .item("updated_at", s(now))
@@ -227,6 +229,10 @@ fn task_record(task_id: TaskId, item: &Item) -> Result<TaskRecord, AttributeErro
     };
     Ok(TaskRecord {
         task_id,
+        // Task items created before test sends existed have no kind: they were all newsletters.
+        kind: item
+            .optional_parsed("kind", "task kind", TaskKind::parse)?
+            .unwrap_or(TaskKind::Newsletter),
         status: if pause.is_some() {
             TaskStatus::Paused
         } else {

@@ -5,7 +5,7 @@ use super::*;
 use crate::audience::Subscription::OptIn;
 use crate::audience::{Contact, TopicDefaults};
 use crate::dispatch::{Dispatcher, QueueRecord};
-use crate::domain::{Newsletter, Recipients};
+use crate::domain::{Newsletter, Recipients, TaskKind};
 use crate::message::Job;
 use crate::ports::{ContactPage, PlanStore};
 use crate::sending::{CONTROL_CHECK_INTERVAL, SendPolicy, Sender};
@@ -27,7 +27,7 @@ fn worker(contacts: usize) -> Worker {
 /// A recorded task and its job.
 async fn task_and_job(store: &MemoryStore) -> (TaskId, Message) {
     let task_id = TaskId::generate();
-    store.create(task_id).await.unwrap();
+    store.create(task_id, TaskKind::Newsletter).await.unwrap();
     let newsletter = Newsletter::from_json(&serde_json::json!({
         "subject": "Weekly",
         "sections": [{"topic": "rust", "title": "Rust", "body": "text"}],
@@ -37,6 +37,7 @@ async fn task_and_job(store: &MemoryStore) -> (TaskId, Message) {
         task_id,
         newsletter,
         cursor: None,
+        to: None,
     });
     (task_id, job)
 }
@@ -203,7 +204,7 @@ async fn a_finished_task_is_refused_and_an_unknown_one_is_not_found() {
         Err(ControlError::Finished(TaskStatus::Completed))
     ));
     let withdrawn = TaskId::generate();
-    store.create(withdrawn).await.unwrap();
+    store.create(withdrawn, TaskKind::Newsletter).await.unwrap();
     store.withdraw(withdrawn).await.unwrap();
     assert!(matches!(
         pause(&store, withdrawn).await,

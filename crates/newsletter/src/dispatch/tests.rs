@@ -1,5 +1,6 @@
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
+use crate::domain::TaskKind;
 use crate::domain::{
     EmailAddress, Newsletter, PauseCode, Recipients, TaskId, TaskRecord, TaskStatus, Topic,
 };
@@ -109,11 +110,16 @@ async fn job<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>(
     topics: &[&str],
 ) -> Message {
     let task_id = TaskId::generate();
-    worker.store.create(task_id).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     Message::Job(Job {
         task_id,
         newsletter: newsletter(topics),
         cursor: None,
+        to: None,
     })
 }
 
@@ -137,7 +143,11 @@ async fn delivery<S: TaskStore + PlanStore + ChunkStore + PauseStore, M: Mailer>
     emails: &[&str],
 ) -> Delivery {
     let task_id = TaskId::generate();
-    worker.store.create(task_id).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let plan = PagePlan {
         chunks: vec![recipients(emails)],
         contacts: emails.len() as u64,
@@ -833,6 +843,7 @@ struct WindowCheckingMailer {
 impl Mailer for WindowCheckingMailer {
     async fn send(
         &self,
+        _: TaskId,
         _: &EmailAddress,
         _: &RenderedEmail,
         _: Option<&Topic>,
@@ -856,7 +867,10 @@ async fn at_any_instant_at_most_the_sends_in_flight_and_one_group_are_unrecorded
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let chunk = delivery(&setup, &all).await;
     // The task lives in `setup`'s store: copy it over by planning it again in `store`.
-    store.create(chunk.task_id).await.unwrap();
+    store
+        .create(chunk.task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let plan = PagePlan {
         chunks: vec![chunk.recipients.clone()],
         contacts: 50,
@@ -1136,7 +1150,11 @@ async fn a_dead_lettered_job_stops_planning_or_finishes_queueing_what_it_counted
 async fn an_unreadable_dead_letter_is_recorded_on_its_task() {
     let worker = worker(directory(vec![]), RecordingMailer::default());
     let task_id = TaskId::generate();
-    worker.store.create(task_id).await.unwrap();
+    worker
+        .store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let body =
         format!(r#"{{"version": 1, "kind": "job", "task_id": "{task_id}", "newsletter": "oops"}}"#);
     let dlq = MemoryDeadLetters::holding([body, "not even json".to_string()]);
@@ -1160,6 +1178,7 @@ async fn a_store_outage_fails_the_message() {
         task_id: TaskId::generate(),
         newsletter: newsletter(&["rust"]),
         cursor: None,
+        to: None,
     });
     assert!(matches!(
         process(&worker, &job).await,
@@ -1298,6 +1317,7 @@ async fn a_job_for_a_task_without_a_record_fails_without_reading_the_contact_lis
         task_id: TaskId::generate(),
         newsletter: newsletter(&["rust"]),
         cursor: None,
+        to: None,
     });
 
     let result = process(&worker, &job).await;
@@ -1331,13 +1351,17 @@ impl ContactDirectory for WithdrawingDirectory {
         self.store.withdraw(self.task_id).await.unwrap();
         self.inner.page(token, opted_into).await
     }
+
+    async fn contact(&self, address: &EmailAddress) -> Result<Option<Contact>, DirectoryError> {
+        self.inner.contact(address).await
+    }
 }
 
 #[tokio::test]
 async fn a_task_withdrawn_while_its_page_is_read_is_not_planned() {
     let store = MemoryStore::default();
     let task_id = TaskId::generate();
-    store.create(task_id).await.unwrap();
+    store.create(task_id, TaskKind::Newsletter).await.unwrap();
     let directory = WithdrawingDirectory {
         inner: directory(vec![vec![contact("a@x.io", &[])]]),
         store: store.clone(),
@@ -1354,6 +1378,7 @@ async fn a_task_withdrawn_while_its_page_is_read_is_not_planned() {
         task_id,
         newsletter: newsletter(&["rust"]),
         cursor: None,
+        to: None,
     });
     let budget = budget();
 

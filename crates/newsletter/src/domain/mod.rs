@@ -34,17 +34,22 @@ mod section;
 mod subject;
 mod task;
 mod task_id;
+mod test_recipients;
 mod text;
 mod topic;
 
 pub use email_address::EmailAddress;
 pub use idempotency_key::IdempotencyKey;
+pub(crate) use newsletter::field_error;
 pub use newsletter::{FieldError, MAX_SECTIONS, Newsletter};
 pub use recipient_ref::{RecipientRef, RecipientRefs};
 pub use section::{MarkdownBody, Section, SectionTitle};
 pub use subject::Subject;
-pub use task::{FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskRecord, TaskStatus};
+pub use task::{
+    FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskKind, TaskRecord, TaskStatus,
+};
 pub use task_id::TaskId;
+pub use test_recipients::{MAX_TEST_RECIPIENTS, TestRecipients};
 pub use topic::Topic;
 
 /// Why a raw value is not a valid domain value: a sentence for the caller, naming no secrets.

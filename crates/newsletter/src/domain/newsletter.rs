@@ -50,12 +50,23 @@ impl Newsletter {
     /// Parses a request document (already known to be JSON) into a newsletter, reporting every
     /// invalid or unexpected field at once rather than only the first.
     pub fn from_json(document: &Value) -> Result<Self, Vec<FieldError>> {
+        Self::from_json_beside(document, &[])
+    }
+
+    /// As [`Self::from_json`], for a request that carries its own top-level fields beside the
+    /// newsletter's (`others`, which the caller parses: `to` of a test send, `as` of a preview).
+    pub fn from_json_beside(document: &Value, others: &[&str]) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let Some(object) = document.as_object() else {
             errors.push(field_error("", "must be a JSON object"));
             return Err(errors);
         };
-        reject_unknown_fields(object, &["subject", "sections"], "", &mut errors);
+        let known: Vec<&str> = ["subject", "sections"]
+            .iter()
+            .chain(others)
+            .copied()
+            .collect();
+        reject_unknown_fields(object, &known, "", &mut errors);
 
         let subject = required_str(object, "subject", "", &mut errors)
             .and_then(|raw| collect(Subject::parse(raw), "/subject", &mut errors));
@@ -160,7 +171,7 @@ fn collect<T>(parsed: Result<T, Invalid>, at: &str, errors: &mut Vec<FieldError>
         .ok()
 }
 
-fn field_error(pointer: &str, detail: impl Into<String>) -> FieldError {
+pub(crate) fn field_error(pointer: &str, detail: impl Into<String>) -> FieldError {
     FieldError {
         pointer: format!("#{pointer}"),
         detail: detail.into(),

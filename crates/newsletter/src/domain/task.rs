@@ -71,6 +71,32 @@ impl TaskStatus {
     }
 }
 
+/// What a task sends: a newsletter to the contact list, or a test send of one to a few given
+/// addresses (`POST /newsletters/test`), each getting what a subscriber with its preferences
+/// would. Shown as `kind` in the status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    #[default]
+    Newsletter,
+    Test,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Newsletter => "newsletter",
+            Self::Test => "test",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Newsletter, Self::Test]
+            .into_iter()
+            .find(|kind| kind.as_str() == raw)
+    }
+}
+
 /// Recipient counts. `planned` counts every contact considered; the task is done when
 /// `sent + skipped + failed + cancelled == planned` and every page has been planned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -288,6 +314,7 @@ impl Serialize for Pause {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskRecord {
     pub task_id: TaskId,
+    pub kind: TaskKind,
     pub status: TaskStatus,
     pub created_at: String,
     pub updated_at: String,
@@ -341,6 +368,7 @@ mod tests {
     ) -> TaskRecord {
         TaskRecord {
             task_id: TaskId::generate(),
+            kind: TaskKind::Newsletter,
             status: TaskStatus::Sending,
             created_at: String::new(),
             updated_at: String::new(),
@@ -433,6 +461,10 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert_eq!(TaskStatus::parse("done"), None);
+        for kind in [TaskKind::Newsletter, TaskKind::Test] {
+            assert_eq!(TaskKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::*;
 use crate::audience::{Contact, Subscription, TopicDefaults};
 use crate::dispatch::{Dispatcher, QueueRecord};
-use crate::domain::TaskStatus;
+use crate::domain::{TaskKind, TaskStatus};
 use crate::ports::ContactPage;
 use crate::sending::{SendPolicy, Sender};
 use crate::testing::fakes::{Fault, FaultyStore, MemoryStore, PagedDirectory, RecordingMailer};
@@ -293,15 +293,21 @@ async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
     let system = System::new();
     // A request reserved the key and recorded its task, then its invocation was stopped.
     let dead = TaskId::generate();
-    let fingerprint =
-        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap());
+    let fingerprint = fingerprint(
+        &Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
+        None,
+    );
     let gone = SystemTime::now() - Duration::from_secs(1);
     system
         .store
         .reserve("order-42", &fingerprint, dead, gone)
         .await
         .unwrap();
-    system.store.create(dead).await.unwrap();
+    system
+        .store
+        .create(dead, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let queue = AcceptQueue::new(&system, []);
 
     let task_id = post(&queue, &system.store, Some(&key()))
@@ -317,8 +323,10 @@ async fn a_key_left_pending_by_a_request_that_died_recovers_at_once() {
 #[tokio::test]
 async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
     let system = System::new();
-    let fingerprint =
-        fingerprint(&Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap());
+    let fingerprint = fingerprint(
+        &Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
+        None,
+    );
     // The request queued its job (the worker has done it) and died before marking its key.
     let dead = TaskId::generate();
     let gone = SystemTime::now() - Duration::from_secs(1);
@@ -327,11 +335,16 @@ async fn a_key_whose_dead_request_queued_its_job_answers_with_that_task() {
         .reserve("order-42", &fingerprint, dead, gone)
         .await
         .unwrap();
-    system.store.create(dead).await.unwrap();
+    system
+        .store
+        .create(dead, TaskKind::Newsletter)
+        .await
+        .unwrap();
     let job = Message::Job(Job {
         task_id: dead,
         newsletter: Newsletter::from_json(&serde_json::from_slice(&body()).unwrap()).unwrap(),
         cursor: None,
+        to: None,
     });
     system.sqs.send(&job).await.unwrap();
     system.drain().await;
@@ -413,4 +426,107 @@ fn without_an_invocation_deadline_a_request_gets_the_function_timeout() {
         short.calls_end > Instant::now() + Duration::from_millis(600),
         "a short limit scales the reserves down"
     );
+}
+
+fn test_body(to: serde_json::Value) -> Vec<u8> {
+    json!({
+        "subject": "Weekly",
+        "sections": [{"topic": "rust", "title": "News", "body": "text"}],
+        "to": to
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_test_send_reaches_its_addresses_alone_as_a_task_of_its_own() {
+    let system = System::new();
+    let deadline = Deadline::of_invocation(None);
+    let body = test_body(json!(["b@x.io", "new@y.io"]));
+
+    let task_id = submit_test(&system.sqs, &system.store, &body, None, &deadline)
+        .await
+        .unwrap();
+    let queued: Vec<Message> = system.sqs.0.lock().unwrap().iter().cloned().collect();
+    let [Message::Job(job)] = queued.as_slice() else {
+        panic!("one job: {queued:?}")
+    };
+    assert_eq!(job.to.as_ref().map(|to| to.addresses().len()), Some(2));
+    assert_eq!(system.drain().await, 0);
+
+    assert_eq!(
+        system.emails(),
+        ["b@x.io", "new@y.io"],
+        "not a@x.io, c@x.io"
+    );
+    let task = system.store.get(task_id).await.unwrap().unwrap();
+    assert_eq!(task.kind, TaskKind::Test);
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!((task.recipients.planned, task.recipients.sent), (2, 2));
+}
+
+#[tokio::test]
+async fn a_test_send_with_bad_addresses_names_each_and_queues_nothing() {
+    let system = System::new();
+    let deadline = Deadline::of_invocation(None);
+    for (to, pointers) in [
+        (json!(null), vec!["#/to"]),
+        (json!([]), vec!["#/to"]),
+        (json!(["a@x.io", "nope", "a@x.io"]), vec!["#/to/1"]),
+        (json!(["a@x.io", "A@x.io"]), vec!["#/to/1"]),
+    ] {
+        let body = if to.is_null() { body() } else { test_body(to) };
+        let Err(SubmitError::Request(RequestError::Invalid(errors))) =
+            submit_test(&system.sqs, &system.store, &body, None, &deadline).await
+        else {
+            panic!("expected invalid fields")
+        };
+        let found: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(found, pointers);
+    }
+    // The newsletter's own errors come with the addresses'.
+    let body = json!({"subject": "", "sections": [], "to": ["x"]}).to_string();
+    let Err(SubmitError::Request(RequestError::Invalid(errors))) =
+        submit_test(&system.sqs, &system.store, body.as_bytes(), None, &deadline).await
+    else {
+        panic!("expected invalid fields")
+    };
+    let found: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+    assert_eq!(found, ["#/subject", "#/sections", "#/to/0"]);
+    // `to` belongs to test sends: a newsletter with it is refused as before.
+    assert!(matches!(
+        submit(
+            &system.sqs,
+            &system.store,
+            &test_body(json!(["a@x.io"])),
+            None,
+            &deadline
+        )
+        .await,
+        Err(SubmitError::Request(RequestError::Invalid(_)))
+    ));
+    assert_eq!(system.queued(), 0);
+}
+
+#[tokio::test]
+async fn a_test_send_key_replays_only_the_same_addresses() {
+    let system = System::new();
+    let deadline = Deadline::of_invocation(None);
+    let key = IdempotencyKey::parse("test-1").unwrap();
+    let first = test_body(json!(["a@x.io"]));
+    let task_id = submit_test(&system.sqs, &system.store, &first, Some(&key), &deadline)
+        .await
+        .unwrap();
+    let again = submit_test(&system.sqs, &system.store, &first, Some(&key), &deadline).await;
+    assert_eq!(again.unwrap(), task_id);
+    let other = test_body(json!(["b@x.io"]));
+    assert!(matches!(
+        submit_test(&system.sqs, &system.store, &other, Some(&key), &deadline).await,
+        Err(SubmitError::KeyReused)
+    ));
+    assert!(matches!(
+        submit(&system.sqs, &system.store, &body(), Some(&key), &deadline).await,
+        Err(SubmitError::KeyReused)
+    ));
+    assert_eq!(system.queued(), 1);
 }

@@ -6,7 +6,9 @@
 //! Each scenario takes a fresh store and panics, naming what broke, if the store breaks the
 //! contract. [`store_contract!`](crate::store_contract) turns them into one test each.
 
-use crate::domain::{EmailAddress, PartFailure, PauseCode, Recipients, TaskId, TaskStatus, Topic};
+use crate::domain::{
+    EmailAddress, PartFailure, PauseCode, Recipients, TaskId, TaskKind, TaskStatus, Topic,
+};
 use crate::message::Recipient;
 use crate::planning::PagePlan;
 use crate::ports::{
@@ -48,6 +50,7 @@ macro_rules! store_contract {
             a_cancelled_task_plans_nothing_more_and_pauses_no_more,
             a_cancelled_chunk_counts_its_unsent_recipients_once_and_is_done,
             a_live_lease_keeps_a_chunk_from_being_cancelled,
+            a_task_keeps_its_kind,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -111,7 +114,10 @@ fn settled(sent: &[u16], rejected: &[u16]) -> Settled {
 
 async fn new_task(store: &impl Store) -> TaskId {
     let task_id = TaskId::generate();
-    store.create(task_id).await.expect("a task is created");
+    store
+        .create(task_id, TaskKind::Newsletter)
+        .await
+        .expect("a task is created");
     task_id
 }
 
@@ -166,7 +172,7 @@ pub async fn tasks_are_created_once_and_read_back(store: &impl Store) {
     assert!(!record.planning_done && record.failures.is_empty());
     // Task ids are fresh per request: creating one again is a retry after a lost answer.
     store
-        .create(task_id)
+        .create(task_id, TaskKind::Newsletter)
         .await
         .expect("a retried create succeeds");
     assert_eq!(task(store, task_id).await, record, "and changes nothing");
@@ -1022,4 +1028,16 @@ pub async fn a_live_lease_keeps_a_chunk_from_being_cancelled(store: &impl Store)
     );
     let counted = counts(store, task_id).await;
     assert_eq!((counted.sent, counted.cancelled), (1, 1));
+}
+
+/// A test send's task reads back as one; a newsletter's as a newsletter.
+pub async fn a_task_keeps_its_kind(store: &impl Store) {
+    let newsletter = new_task(store).await;
+    let test = TaskId::generate();
+    store
+        .create(test, TaskKind::Test)
+        .await
+        .expect("a task is created");
+    assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
+    assert_eq!(task(store, test).await.kind, TaskKind::Test);
 }

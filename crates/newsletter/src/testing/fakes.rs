@@ -3,10 +3,10 @@
 //! real SDK clients against the local AWS instead; the store contract (`contract`) holds
 //! [`MemoryStore`] to what the DynamoDB store does there.
 
-use crate::audience::TopicDefaults;
+use crate::audience::{Contact, TopicDefaults};
 use crate::domain::{
-    EmailAddress, FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskRecord,
-    TaskStatus, Topic,
+    EmailAddress, FailureCode, PartFailure, Pause, PauseCode, Recipients, TaskId, TaskKind,
+    TaskRecord, TaskStatus, Topic,
 };
 use crate::message::Message;
 use crate::planning::PagePlan;
@@ -143,11 +143,35 @@ pub struct PagedDirectory {
     pub pages: Vec<ContactPage>,
     /// Each call's token and topic filter, in order.
     pub requests: Mutex<Vec<(Option<String>, Option<Topic>)>>,
+    /// Every call fails (the list cannot be read).
+    pub fail: bool,
+}
+
+impl PagedDirectory {
+    fn check(&self) -> Result<(), DirectoryError> {
+        match self.fail {
+            true => Err(DirectoryError(
+                "injected: the contact list is unreachable".into(),
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 impl ContactDirectory for PagedDirectory {
     async fn topic_defaults(&self) -> Result<TopicDefaults, DirectoryError> {
+        self.check()?;
         Ok(self.defaults.clone())
+    }
+
+    async fn contact(&self, address: &EmailAddress) -> Result<Option<Contact>, DirectoryError> {
+        self.check()?;
+        Ok(self
+            .pages
+            .iter()
+            .flat_map(|page| &page.contacts)
+            .find(|contact| contact.email.eq_ignore_ascii_case(address.as_str()))
+            .cloned())
     }
 
     async fn page(
@@ -155,6 +179,7 @@ impl ContactDirectory for PagedDirectory {
         token: Option<&str>,
         opted_into: Option<&Topic>,
     ) -> Result<ContactPage, DirectoryError> {
+        self.check()?;
         self.requests
             .lock()
             .unwrap()
@@ -241,6 +266,7 @@ impl RecordingMailer {
 impl Mailer for RecordingMailer {
     async fn send(
         &self,
+        _task_id: TaskId,
         to: &EmailAddress,
         email: &RenderedEmail,
         topic: Option<&Topic>,
@@ -449,13 +475,14 @@ fn delta(counted: (u64, u64), totals: (u64, u64)) -> (i64, i64) {
 }
 
 impl TaskStore for MemoryStore {
-    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
+    async fn create(&self, task_id: TaskId, kind: TaskKind) -> Result<(), StoreError> {
         let mut records = self.records()?;
         if records.tasks.contains_key(&task_id) {
             return Ok(()); // a retry: task ids are fresh for every request
         }
         let record = TaskRecord {
             task_id,
+            kind,
             status: TaskStatus::Accepted,
             created_at: "2026-11-25T10:00:00Z".into(),
             updated_at: "2026-11-25T10:00:00Z".into(),
@@ -952,8 +979,8 @@ impl PauseStore for MemoryStore {
 }
 
 impl<S: TaskStore> TaskStore for FaultyStore<S> {
-    async fn create(&self, task_id: TaskId) -> Result<(), StoreError> {
-        self.inner.create(task_id).await
+    async fn create(&self, task_id: TaskId, kind: TaskKind) -> Result<(), StoreError> {
+        self.inner.create(task_id, kind).await
     }
     async fn get(&self, task_id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.inner.get(task_id).await

@@ -2,7 +2,7 @@
 //! runtime calls it: each gets the JSON response its origin expects.
 
 use super::*;
-use newsletter::testing::fakes::{MemoryStore, RecordingQueue};
+use newsletter::testing::fakes::{MemoryStore, PagedDirectory, RecordingQueue};
 use serde_json::{Value, json};
 
 const CONSOLE_TEST: &str = include_str!("../../../../events/rest-api-console-test.json");
@@ -10,10 +10,14 @@ const BAD_BASE64: &str = include_str!("../../../../events/http-api-post-bad-base
 const BASE64: &str = include_str!("../../../../events/http-api-post-base64.json");
 const HTTP_API_POST: &str = include_str!("../../../../events/http-api-post.json");
 
-type TestApp = App<RecordingQueue, MemoryStore>;
+type TestApp = App<RecordingQueue, MemoryStore, PagedDirectory>;
 
 fn app() -> TestApp {
-    App::new(RecordingQueue::default(), MemoryStore::default())
+    App::new(
+        RecordingQueue::default(),
+        MemoryStore::default(),
+        PagedDirectory::default(),
+    )
 }
 
 fn event(json: &Value) -> LambdaRequest {
