@@ -30,11 +30,11 @@ const HTTP_EVENTS: &[(&str, u16)] = &[
     // no job. The cancel last: a cancelled task is not paused or resumed.
     ("http-api-pause.json", 202),
     ("http-api-resume.json", 202),
+    ("http-api-cancel.json", 202),
     // A test send to a subscriber and an address not in the list: a job of its own.
     ("http-api-test-send.json", 202),
     // The email a subscriber would get: no job.
     ("http-api-preview.json", 200),
-    ("http-api-cancel.json", 202),
 ];
 
 /// The HTTP events that control the sample task rather than accept a newsletter, and the status

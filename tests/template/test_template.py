@@ -185,9 +185,9 @@ ROUTES = {
     "GET /newsletters/{task_id}": "AcceptFunction",
     "POST /newsletters/{task_id}/pause": "AcceptFunction",
     "POST /newsletters/{task_id}/resume": "AcceptFunction",
+    "DELETE /newsletters/{task_id}": "AcceptFunction",
     "POST /newsletters/test": "AcceptFunction",
     "POST /newsletters/preview": "AcceptFunction",
-    "DELETE /newsletters/{task_id}": "AcceptFunction",
 }
 
 

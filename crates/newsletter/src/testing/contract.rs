@@ -47,10 +47,10 @@ macro_rules! store_contract {
             a_paused_task_parks_its_chunks_until_it_is_resumed,
             a_withdrawn_task_is_never_planned,
             an_abandoned_key_is_taken_over_once,
-            a_task_keeps_its_kind,
             a_cancelled_task_plans_nothing_more_and_pauses_no_more,
             a_cancelled_chunk_counts_its_unsent_recipients_once_and_is_done,
             a_live_lease_keeps_a_chunk_from_being_cancelled,
+            a_task_keeps_its_kind,
         );
     };
     (@tests $make:expr; $($scenario:ident),* $(,)?) => {
@@ -891,18 +891,6 @@ pub async fn an_abandoned_key_is_taken_over_once(store: &impl Store) {
     );
 }
 
-/// A test send's task reads back as one; a newsletter's as a newsletter.
-pub async fn a_task_keeps_its_kind(store: &impl Store) {
-    let newsletter = new_task(store).await;
-    let test = TaskId::generate();
-    store
-        .create(test, TaskKind::Test)
-        .await
-        .expect("a task is created");
-    assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
-    assert_eq!(task(store, test).await.kind, TaskKind::Test);
-}
-
 pub async fn a_cancelled_task_plans_nothing_more_and_pauses_no_more(store: &impl Store) {
     let task_id = new_task(store).await;
     store
@@ -1040,4 +1028,16 @@ pub async fn a_live_lease_keeps_a_chunk_from_being_cancelled(store: &impl Store)
     );
     let counted = counts(store, task_id).await;
     assert_eq!((counted.sent, counted.cancelled), (1, 1));
+}
+
+/// A test send's task reads back as one; a newsletter's as a newsletter.
+pub async fn a_task_keeps_its_kind(store: &impl Store) {
+    let newsletter = new_task(store).await;
+    let test = TaskId::generate();
+    store
+        .create(test, TaskKind::Test)
+        .await
+        .expect("a task is created");
+    assert_eq!(task(store, newsletter).await.kind, TaskKind::Newsletter);
+    assert_eq!(task(store, test).await.kind, TaskKind::Test);
 }
