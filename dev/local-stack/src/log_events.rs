@@ -46,12 +46,23 @@ pub fn readable(line: &str) -> Option<String> {
             }
         ),
         "task completed" => format!(
-            "completed  {task}: {}: {} planned, {} sent, {} skipped, {} failed",
+            "completed  {task}: {}: {} planned, {} sent, {} skipped, {} failed{}",
             field("status"),
             field("planned"),
             field("sent"),
             field("skipped"),
-            field("failed")
+            field("failed"),
+            match field("cancelled").as_str() {
+                "" | "0" => String::new(),
+                cancelled => format!(", {cancelled} cancelled (not sent)"),
+            }
+        ),
+        "task cancelled on request" => {
+            format!("cancelling {task}: nothing more is sent; its chunks are being counted")
+        }
+        "task cancelled: chunk accounted, not sent further" => format!(
+            "cancelled  {task}: chunk {}: what it had not sent is counted cancelled",
+            field("chunk")
         ),
         "message failed" | "poison message" => format!(
             "failed     {task}: message {}: {} (SQS will retry it, then move it to the DLQ)",
@@ -104,5 +115,10 @@ mod tests {
             None
         );
         assert_eq!(readable("   Compiling worker v0.1.0"), None);
+        let cancelled = r#"{"level":"INFO","fields":{"message":"task completed","status":"cancelled","planned":6,"sent":2,"skipped":3,"failed":0,"cancelled":1},"span":{"task_id":"0190"}}"#;
+        assert_eq!(
+            readable(cancelled).unwrap(),
+            "completed  task 0190: cancelled: 6 planned, 2 sent, 3 skipped, 0 failed, 1 cancelled (not sent)"
+        );
     }
 }
