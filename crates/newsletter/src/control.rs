@@ -101,11 +101,7 @@ where
         let resumed = store.unpause(task_id).await?;
         let parked = store.parked(task_id).await?;
         for (chunk_id, message) in &parked {
-            let message =
-                Message::decode(message).map_err(|source| ControlError::UnreadableParked {
-                    chunk_id: chunk_id.clone(),
-                    source,
-                })?;
+            let message = parked_message(chunk_id, message)?;
             // Queued before it is forgotten: a failure in between queues it again next time.
             queue.send_all(&[message]).await?;
             store.unpark(task_id, chunk_id).await?;
@@ -151,11 +147,7 @@ where
         // chunk gave its lease up; one that is held anyway goes back on the queue, where the
         // worker counts it.
         for (chunk_id, message) in store.parked(task_id).await? {
-            let message =
-                Message::decode(&message).map_err(|source| ControlError::UnreadableParked {
-                    chunk_id: chunk_id.clone(),
-                    source,
-                })?;
+            let message = parked_message(&chunk_id, &message)?;
             let size = match &message {
                 Message::Delivery(delivery) => delivery.recipients.len(),
                 Message::Job(_) => 0,
@@ -178,6 +170,14 @@ where
     }
     .instrument(tracing::info_span!("task", %task_id))
     .await
+}
+
+/// A parked chunk's stored message, decoded.
+fn parked_message(chunk_id: &str, stored: &str) -> Result<Message, ControlError> {
+    Message::decode(stored).map_err(|source| ControlError::UnreadableParked {
+        chunk_id: chunk_id.to_owned(),
+        source,
+    })
 }
 
 /// The task, if it exists and is neither finished nor cancelled.

@@ -85,13 +85,10 @@ async fn problem(request: Request) -> Answer {
     answer
 }
 
-#[tokio::test]
-async fn valid_newsletter_is_queued_and_answered_202_with_its_task_id() {
-    let app = app();
-    let answer = send(&app, post_json(&valid_body().to_string())).await;
-
+/// The task id of a `202` answered to a POST of a newsletter or a test send, checking that the
+/// answer is exactly that: `{"task_id", "status": "accepted"}` at the task's `Location`.
+fn accepted_task_id(answer: &Answer) -> String {
     assert_eq!(answer.status, 202);
-    assert_eq!(answer.content_type, "application/json");
     let task_id = answer.body["task_id"].as_str().unwrap().to_owned();
     assert_eq!(
         answer.body,
@@ -101,6 +98,16 @@ async fn valid_newsletter_is_queued_and_answered_202_with_its_task_id() {
         answer.headers[header::LOCATION],
         format!("/newsletters/{task_id}").as_str()
     );
+    task_id
+}
+
+#[tokio::test]
+async fn valid_newsletter_is_queued_and_answered_202_with_its_task_id() {
+    let app = app();
+    let answer = send(&app, post_json(&valid_body().to_string())).await;
+
+    assert_eq!(answer.content_type, "application/json");
+    let task_id = accepted_task_id(&answer);
 
     let sent = app.queue.sent.lock().unwrap();
     let [Message::Job(job)] = sent.as_slice() else {

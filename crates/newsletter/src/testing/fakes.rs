@@ -791,31 +791,7 @@ impl ChunkStore for MemoryStore {
         size: usize,
         failure: PartFailure,
     ) -> Result<Accounting, StoreError> {
-        let mut records = self.records()?;
-        let key = (task_id, chunk_id.to_owned());
-        let mut chunk = records.chunks.get(&key).cloned().unwrap_or_default();
-        if chunk.leased_to_another(None, SystemTime::now()) {
-            return Ok(Accounting::Held);
-        }
-        for position in 0..size as u16 {
-            if chunk.progress.owes(position) {
-                chunk.progress.failed.insert(position);
-            }
-        }
-        let totals = chunk.progress.totals();
-        if chunk.progress.counted == totals {
-            return Ok(Accounting::Accounted);
-        }
-        let task = records.task(task_id)?;
-        let (sent, failed) = delta(chunk.progress.counted, totals);
-        task.add(sent, failed);
-        if !chunk.progress.failed.is_empty() {
-            task.failures.insert(failure.part, failure.code);
-        }
-        chunk.progress.counted = totals;
-        chunk.holder = None;
-        records.chunks.insert(key, chunk);
-        Ok(Accounting::Accounted)
+        self.account_unsettled(task_id, chunk_id, size, Some(failure))
     }
 
     async fn cancel_unsettled(
@@ -824,6 +800,21 @@ impl ChunkStore for MemoryStore {
         chunk_id: &str,
         size: usize,
     ) -> Result<Accounting, StoreError> {
+        self.account_unsettled(task_id, chunk_id, size, None)
+    }
+}
+
+impl MemoryStore {
+    /// The chunk's unsettled recipients become failed (its message is dead-lettered: `failure`
+    /// is recorded) or, without a failure, cancelled; the task counts them and what the chunk
+    /// settled beyond what it holds for it, unless a live lease is held. As the DynamoDB store.
+    fn account_unsettled(
+        &self,
+        task_id: TaskId,
+        chunk_id: &str,
+        size: usize,
+        failure: Option<PartFailure>,
+    ) -> Result<Accounting, StoreError> {
         let mut records = self.records()?;
         let key = (task_id, chunk_id.to_owned());
         let mut chunk = records.chunks.get(&key).cloned().unwrap_or_default();
@@ -831,6 +822,13 @@ impl ChunkStore for MemoryStore {
             return Ok(Accounting::Held);
         }
         let unsettled = chunk.progress.unsettled(size);
+        let cancelled = if failure.is_some() {
+            chunk.progress.failed.extend(&unsettled);
+            0
+        } else {
+            chunk.progress.cancelled.extend(&unsettled);
+            unsettled.len() as u64
+        };
         let totals = chunk.progress.totals();
         if unsettled.is_empty() && chunk.progress.counted == totals {
             return Ok(Accounting::Accounted);
@@ -838,8 +836,12 @@ impl ChunkStore for MemoryStore {
         let task = records.task(task_id)?;
         let (sent, failed) = delta(chunk.progress.counted, totals);
         task.add(sent, failed);
-        task.record.recipients.cancelled += unsettled.len() as u64;
-        chunk.progress.cancelled.extend(unsettled);
+        task.record.recipients.cancelled += cancelled;
+        if let Some(failure) = failure
+            && !chunk.progress.failed.is_empty()
+        {
+            task.failures.insert(failure.part, failure.code);
+        }
         chunk.progress.counted = totals;
         chunk.holder = None;
         records.chunks.insert(key, chunk);
